@@ -1,0 +1,49 @@
+"""The default experiment config. Every config in `experiments/configs/` starts from it.
+
+`model` and `dataset` take a `name` plus any options of that model or dataset loader
+(see `cnn_jax.models.model_options(name)` and the loader's signature): add the key in a
+config file, then override it on the command line with `--config.model.act=tanh`.
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.dataset = ml_collections.ConfigDict({"name": "digits"})
+    config.model = ml_collections.ConfigDict({"name": "lenet5"})
+
+    config.num_epochs = 10
+    config.batch_size = 32
+    config.eval_batch_size = 256
+    config.label_smoothing = 0.0
+    config.augment = ml_collections.ConfigDict({
+        "crop_padding": 0,        # random translation by up to this many pixels
+        "hflip": False,           # random left-right mirror (not for digits)
+    })
+
+    config.optimizer = ml_collections.ConfigDict({
+        "name": "sgd",            # sgd | adam | adamw | rmsprop
+        "learning_rate": 0.05,    # peak learning rate
+        "momentum": 0.9,          # sgd, rmsprop
+        "nesterov": False,        # sgd
+        "b1": 0.9, "b2": 0.999,   # adam, adamw
+        "eps": 1e-8,              # adam, adamw, rmsprop
+        "rms_decay": 0.99,        # rmsprop
+        "weight_decay": 0.0,
+        "weight_decay_type": "decoupled",  # decoupled | l2
+        "grad_clip_norm": 0.0,    # 0 turns clipping off
+    })
+    config.schedule = ml_collections.ConfigDict({
+        "name": "cosine",         # constant | step | cosine | one_cycle
+        "warmup_epochs": 0.0,     # linear warm-up from 0 (not with one_cycle)
+        "boundaries": (0.5, 0.75),  # step: fractions of training where lr is multiplied ...
+        "decay_factor": 0.1,      # ... by this
+        "end_factor": 0.0,        # cosine: final lr as a fraction of the peak
+        "pct_start": 0.3,         # one_cycle
+        "div_factor": 25.0,       # one_cycle
+        "final_div_factor": 1e4,  # one_cycle
+    })
+    return config

@@ -1,0 +1,276 @@
+"""Building blocks every architecture is composed of.
+
+- `ConvBlock`: convolution -> optional norm -> activation.
+- `DenseBlock`: dense -> activation -> dropout.
+- Pooling: `max_pool`, `avg_pool`, `global_avg_pool`, `global_max_pool`,
+  `adaptive_avg_pool` (pure functions) and the `Pool` module wrapping them.
+- Registries by name: `ACTIVATIONS`, `NORMS`, `POOLS`.
+
+All tensors are NHWC. Padding is 'SAME', 'VALID', an int (same on every side),
+a pair (rows, cols), or explicit ((top, bottom), (left, right)).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+IntOrPair = Union[int, Sequence[int]]
+
+
+def _identity(x):
+    return x
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "leaky_relu": nn.leaky_relu,  # negative slope 0.01, as torch.nn.LeakyReLU
+    "elu": nn.elu,
+    "gelu": functools.partial(nn.gelu, approximate=False),  # exact, as torch.nn.GELU
+    "silu": nn.silu,
+    "sigmoid": nn.sigmoid,
+    "tanh": jnp.tanh,
+    "none": _identity,
+}
+
+NORMS = ("batch", "layer", "group", "none")
+
+
+def _unknown(kind: str, name: Any, choices) -> ValueError:
+    return ValueError(f"Unknown {kind} {name!r}. Valid choices: {', '.join(sorted(choices))}.")
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise _unknown("activation", name, ACTIVATIONS)
+    return ACTIVATIONS[name]
+
+
+def check_norm(name: str) -> str:
+    if name not in NORMS:
+        raise _unknown("norm", name, NORMS)
+    return name
+
+
+def make_norm(name: str, *, train: bool, features: int, dtype: Any, param_dtype: Any,
+              scale_init: Callable = nn.initializers.ones, module_name: str = "norm"):
+    """Returns the norm layer for `name` ('none' gives None).
+
+    BatchNorm uses PyTorch's defaults (momentum 0.1 in PyTorch's convention, epsilon 1e-5)
+    so that imported torchvision statistics mean the same thing. 'layer' normalises over
+    channels at each position (the ConvNeXt convention); 'group' uses up to 32 groups.
+    """
+    check_norm(name)
+    common = dict(dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=module_name)
+    if name == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **common)
+    if name == "layer":
+        return nn.LayerNorm(epsilon=1e-5, **common)
+    if name == "group":
+        return nn.GroupNorm(num_groups=math.gcd(32, features), epsilon=1e-5, **common)
+    return None
+
+
+def _pair(value: IntOrPair, what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        pair = tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{what} must be a positive int or a pair of positive ints, got {value!r}.")
+    return pair
+
+
+def normalize_padding(padding: Padding) -> Union[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """'SAME'/'VALID' (any case), or ((top, bottom), (left, right)) from any accepted form."""
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"Unknown padding {padding!r}. Valid choices: 'SAME', 'VALID', "
+                             "an int, (rows, cols) or ((top, bottom), (left, right)).")
+        return padding.upper()
+    if isinstance(padding, int):
+        padding = (padding, padding)
+    padding = tuple(padding)
+    if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+        padding = ((padding[0], padding[0]), (padding[1], padding[1]))
+    if (len(padding) != 2 or not all(len(p) == 2 for p in padding)
+            or not all(isinstance(v, int) and v >= 0 for p in padding for v in p)):
+        raise ValueError(f"Padding must be 'SAME', 'VALID', a non-negative int, (rows, cols) or "
+                         f"((top, bottom), (left, right)); got {padding!r}.")
+    return tuple(tuple(p) for p in padding)
+
+
+def check_nhwc(x: jax.Array, what: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{what} takes a batch of images shaped (N, H, W, C); got an array of "
+                         f"rank {x.ndim} with shape {tuple(x.shape)}.")
+
+
+def _check_window_fits(x, window, dilation, padding, what):
+    """Shape check at trace time: a window larger than the (padded) input is a clear error."""
+    if padding == "SAME":
+        return
+    pads = ((0, 0), (0, 0)) if padding == "VALID" else padding
+    for size, k, d, (lo, hi), axis in zip(x.shape[1:3], window, dilation, pads, ("height", "width")):
+        extent = (k - 1) * d + 1
+        if size + lo + hi < extent:
+            raise ValueError(
+                f"{what}: input {axis} {size} (padded to {size + lo + hi}) is smaller than the "
+                f"{extent}-pixel window; the input {tuple(x.shape[1:3])} is too small for this "
+                "model. Use larger images or 'SAME' padding.")
+
+
+class ConvBlock(nn.Module):
+    """Convolution -> optional norm -> activation.
+
+    `groups` > 1 gives a grouped convolution; `depthwise=True` sets groups to the number of
+    input channels (`features` must then be a multiple of it). `use_bias=None` means a bias
+    only when there is no norm. `norm_scale_init` lets residual blocks zero-initialise their
+    last norm.
+    """
+    features: int
+    kernel_size: IntOrPair = 3
+    strides: IntOrPair = 1
+    padding: Padding = "SAME"
+    dilation: IntOrPair = 1
+    groups: int = 1
+    depthwise: bool = False
+    norm: str = "none"
+    act: str = "relu"
+    use_bias: bool | None = None
+    kernel_init: Callable = nn.linear.default_kernel_init
+    norm_scale_init: Callable = nn.initializers.ones
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_nhwc(x, "ConvBlock")
+        activation = get_activation(self.act)
+        check_norm(self.norm)
+        kernel = _pair(self.kernel_size, "kernel_size")
+        strides = _pair(self.strides, "strides")
+        dilation = _pair(self.dilation, "dilation")
+        padding = normalize_padding(self.padding)
+        groups = x.shape[-1] if self.depthwise else self.groups
+        if x.shape[-1] % groups or self.features % groups:
+            raise ValueError(f"ConvBlock: groups={groups} must divide both the input channels "
+                             f"({x.shape[-1]}) and features ({self.features}).")
+        _check_window_fits(x, kernel, dilation, padding, f"ConvBlock {self.name}")
+        use_bias = self.norm == "none" if self.use_bias is None else self.use_bias
+        x = nn.Conv(self.features, kernel, strides=strides, padding=padding,
+                    kernel_dilation=dilation, feature_group_count=groups, use_bias=use_bias,
+                    kernel_init=self.kernel_init, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="conv")(x)
+        norm = make_norm(self.norm, train=train, features=self.features, dtype=self.dtype,
+                         param_dtype=self.param_dtype, scale_init=self.norm_scale_init)
+        if norm is not None:
+            x = norm(x)
+        return activation(x)
+
+
+class DenseBlock(nn.Module):
+    """Dense -> activation -> dropout (dropout is active only when `train`)."""
+    features: int
+    act: str = "relu"
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        activation = get_activation(self.act)
+        x = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(x)
+        x = activation(x)
+        if self.dropout_rate > 0:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return x
+
+
+def _pool_args(x, window, strides, padding, what):
+    check_nhwc(x, what)
+    window = _pair(window, "pool window")
+    strides = window if strides is None else _pair(strides, "pool strides")
+    padding = normalize_padding(padding)
+    _check_window_fits(x, window, (1, 1), padding, what)
+    return window, strides, padding
+
+
+def max_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None,
+             padding: Padding = "VALID") -> jax.Array:
+    """Max over each window; padded positions never win (they are -inf)."""
+    window, strides, padding = _pool_args(x, window, strides, padding, "max_pool")
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+
+
+def avg_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None,
+             padding: Padding = "VALID", count_include_pad: bool = True) -> jax.Array:
+    """Mean over each window; padded zeros count unless `count_include_pad=False` (as PyTorch)."""
+    window, strides, padding = _pool_args(x, window, strides, padding, "avg_pool")
+    return nn.avg_pool(x, window, strides=strides, padding=padding,
+                       count_include_pad=count_include_pad)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    check_nhwc(x, "global_avg_pool")
+    return jnp.mean(x, axis=(1, 2))
+
+
+def global_max_pool(x: jax.Array) -> jax.Array:
+    check_nhwc(x, "global_max_pool")
+    return jnp.max(x, axis=(1, 2))
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: IntOrPair) -> jax.Array:
+    """PyTorch's AdaptiveAvgPool2d: output cell i averages rows floor(i*H/out) .. ceil((i+1)*H/out).
+
+    When the input already has the output size this is the identity (AlexNet and VGG at 224x224).
+    """
+    check_nhwc(x, "adaptive_avg_pool")
+    out_h, out_w = _pair(output_size, "output_size")
+    h, w = x.shape[1:3]
+    if (h, w) == (out_h, out_w):
+        return x
+    if h % out_h == 0 and w % out_w == 0:
+        return avg_pool(x, (h // out_h, w // out_w))
+
+    def bins(size, out):
+        return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+    rows = [jnp.mean(x[:, a:b], axis=1, keepdims=True) for a, b in bins(h, out_h)]
+    x = jnp.concatenate(rows, axis=1)
+    cols = [jnp.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in bins(w, out_w)]
+    return jnp.concatenate(cols, axis=2)
+
+
+POOLS: dict[str, Callable[..., jax.Array]] = {"max": max_pool, "avg": avg_pool}
+
+
+def get_pool(name: str) -> Callable[..., jax.Array]:
+    if name not in POOLS:
+        raise _unknown("pool", name, POOLS)
+    return POOLS[name]
+
+
+class Pool(nn.Module):
+    """Pooling as a module, for composing with other blocks: kind 'max', 'avg',
+    'global_avg' or 'global_max'."""
+    kind: str = "max"
+    window: IntOrPair = 2
+    strides: IntOrPair | None = None
+    padding: Padding = "VALID"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kind == "global_avg":
+            return global_avg_pool(x)
+        if self.kind == "global_max":
+            return global_max_pool(x)
+        if self.kind not in POOLS:
+            raise _unknown("pool kind", self.kind, [*POOLS, "global_avg", "global_max"])
+        return POOLS[self.kind](x, self.window, self.strides, self.padding)

@@ -1,0 +1,91 @@
+"""The model registry: every architecture by name, with the input size it was designed for.
+
+    model = get_model("resnet18_cifar", num_classes=10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *input_shape("resnet18_cifar"))))
+
+To add a model: write its module (composed from `cnn_jax.layers`) in this folder and add an
+entry to `MODELS` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+from flax import linen as nn
+
+from cnn_jax.models.alexnet import AlexNet
+from cnn_jax.models.lenet import LeNet5
+from cnn_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
+from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
+
+
+class ModelEntry(NamedTuple):
+    build: Callable[..., nn.Module]
+    input_shape: tuple[int, int, int]  # (H, W, C) the architecture was designed for
+
+
+IMAGENET = (224, 224, 3)
+CIFAR = (32, 32, 3)
+RESNET_STAGES = {
+    18: ((2, 2, 2, 2), BasicBlock),
+    34: ((3, 4, 6, 3), BasicBlock),
+    50: ((3, 4, 6, 3), BottleneckBlock),
+    101: ((3, 4, 23, 3), BottleneckBlock),
+    152: ((3, 8, 36, 3), BottleneckBlock),
+}
+
+MODELS: dict[str, ModelEntry] = {
+    "lenet5": ModelEntry(LeNet5, (32, 32, 1)),
+    "alexnet": ModelEntry(AlexNet, IMAGENET),
+}
+for _depth, _layers in VGG_STAGES.items():
+    for _bn in (False, True):
+        _name = f"vgg{_depth}" + ("_bn" if _bn else "")
+        _vgg = functools.partial(VGG, layers=_layers, batch_norm=_bn)
+        MODELS[_name] = ModelEntry(_vgg, IMAGENET)
+        MODELS[_name + "_cifar"] = ModelEntry(
+            functools.partial(_vgg, pool_size=1, hidden_features=512), CIFAR)
+for _depth, (_stages, _block) in RESNET_STAGES.items():
+    _resnet = functools.partial(ResNet, stage_sizes=_stages, block_cls=_block)
+    MODELS[f"resnet{_depth}"] = ModelEntry(functools.partial(_resnet, stem="imagenet"), IMAGENET)
+    MODELS[f"resnet{_depth}_cifar"] = ModelEntry(functools.partial(_resnet, stem="cifar"), CIFAR)
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}. Valid choices: {', '.join(sorted(MODELS))}.")
+    return MODELS[name]
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword arguments `get_model(name, ...)` accepts."""
+    build = _entry(name).build
+    cls = build.func if isinstance(build, functools.partial) else build
+    fixed = set(build.keywords) if isinstance(build, functools.partial) else set()
+    return sorted(f.name for f in dataclasses.fields(cls)
+                  if f.init and f.name not in ("parent", "name") and f.name not in fixed)
+
+
+def get_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
+    """The registered architecture `name` with `num_classes` outputs; `kwargs` set its options
+    (see `model_options(name)`)."""
+    entry = _entry(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+    valid = model_options(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for model {name!r}. "
+                         f"Valid options: {', '.join(valid)}.")
+    return entry.build(num_classes=num_classes, **kwargs)
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The (H, W, C) input the architecture was designed for."""
+    return _entry(name).input_shape
+
+
+__all__ = ["MODELS", "get_model", "input_shape", "model_options", "LeNet5", "AlexNet", "VGG",
+           "ResNet", "BasicBlock", "BottleneckBlock"]

@@ -1,0 +1,54 @@
+"""VGG-11/13/16/19 (Simonyan & Zisserman, 2015), with or without BatchNorm, as in torchvision.
+
+The ImageNet head pools to 7x7 and uses two 4096-wide dense layers (VGG-16: 138,357,544
+parameters). The CIFAR variants (`pool_size=1, hidden_features=512`) keep the same
+convolutions and put a small head on the 1x1 feature map of a 32x32 image.
+"""
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from cnn_jax.layers import ConvBlock, DenseBlock, adaptive_avg_pool, check_nhwc, max_pool
+
+# Output channels of each 3x3 convolution; "M" is a 2x2 max pool.
+STAGES = {
+    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+         512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
+
+
+class VGG(nn.Module):
+    layers: Sequence[Any]
+    num_classes: int = 1000
+    batch_norm: bool = False
+    pool_size: int = 7
+    hidden_features: int = 4096
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_nhwc(x, "VGG")
+        norm = "batch" if self.batch_norm else "none"
+        conv_index = 0
+        for v in self.layers:
+            if v == "M":
+                x = max_pool(x, 2)
+            else:
+                conv_index += 1
+                # torchvision keeps the convolution bias even before BatchNorm.
+                x = ConvBlock(v, 3, padding=1, norm=norm, use_bias=True, dtype=self.dtype,
+                              name=f"conv{conv_index}")(x, train)
+        x = adaptive_avg_pool(x, self.pool_size)
+        x = x.reshape(x.shape[0], -1)
+        for i in (1, 2):
+            x = DenseBlock(self.hidden_features, dropout_rate=self.dropout_rate,
+                           dtype=self.dtype, name=f"fc{i}")(x, train)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,94 @@
+"""The train state and the pure train and eval steps.
+
+    state = create_train_state(model, tx, jax.random.key(0), input_shape=(32, 32, 1))
+    step = jax.jit(train_step, donate_argnums=0)
+    state, metrics = step(state, {"image": images, "label": labels})
+
+`train_step(state, batch) -> (state, metrics)` has no side effects: its randomness (dropout)
+comes from `fold_in(state.rng, state.step)`, so the same state and batch give the same result.
+BatchNorm uses batch statistics and updates its running averages in training, and uses the
+running averages in evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax import struct
+from flax.training import train_state
+
+from cnn_jax import metrics as metrics_lib
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus the BatchNorm
+    statistics (an empty dict for models without BatchNorm), a PRNG key, and the
+    (H, W, C) input shape the parameters were made for."""
+    batch_stats: Any = struct.field(default_factory=dict)
+    rng: jax.Array | None = None
+    input_shape: tuple[int, ...] = struct.field(pytree_node=False, default=())
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       input_shape: tuple[int, ...]) -> TrainState:
+    """Initializes the model for (H, W, C) inputs. Shapes are checked with `jax.eval_shape`
+    first, so an input the model cannot take fails before anything is allocated."""
+    init_rng, state_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    init = jax.jit(lambda key, x: model.init(key, x, train=False))
+    jax.eval_shape(init, init_rng, dummy)
+    variables = init(init_rng, dummy)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), rng=state_rng,
+                             input_shape=tuple(input_shape))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy in float32. `labels` are class indices, or
+    probabilities over classes (as mixup makes them)."""
+    logits = logits.astype(jnp.float32)
+    if labels.ndim == logits.ndim - 1:
+        labels = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    if label_smoothing:
+        labels = optax.smooth_labels(labels, label_smoothing)
+    return optax.softmax_cross_entropy(logits, labels)
+
+
+def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0
+               ) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch` ({'image': (N,H,W,C), 'label': (N,)}). Pure; jit it."""
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+        return loss, (logits, updates.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    labels = batch["label"]
+    if labels.ndim == logits.ndim:  # soft labels
+        labels = jnp.argmax(labels, -1)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        "grad_norm": optax.global_norm(grads),
+    }
+    return state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, top_k: tuple[int, ...] = (5,)) -> dict:
+    """Additive evaluation counts for `batch`; examples with `batch['mask'] == 0` (padding)
+    count for nothing. Sum them with `metrics.add_counts`, then `metrics.summarize`."""
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                            batch["image"], train=False)
+    losses = cross_entropy(logits, batch["label"])
+    weights = batch.get("mask")
+    return metrics_lib.eval_counts(logits, batch["label"], losses,
+                                   None if weights is None else weights.astype(jnp.float32), top_k)
