@@ -42,9 +42,11 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     init = jax.jit(lambda key, x: model.init(key, x, train=False))
     jax.eval_shape(init, init_rng, dummy)
     variables = init(init_rng, dummy)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}), rng=state_rng,
-                             input_shape=tuple(input_shape))
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables.get("batch_stats", {}), rng=state_rng,
+                              input_shape=tuple(input_shape))
+    # An int32 array, not Python's 0: the step's type never changes, so nothing recompiles.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -78,7 +80,7 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return state, metrics
 

@@ -1,0 +1,81 @@
+"""The launcher end to end (in a subprocess, as a researcher runs it), config files, and the
+errors a bad config gets before any compute starts."""
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnn_jax.config import default_config
+from cnn_jax.train import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "experiments", "configs", "*.py")))
+CONFIGS = [c for c in CONFIGS if not c.endswith("__init__.py")]
+
+
+def launch(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_launcher_trains_and_writes_metrics(tmp_path):
+    workdir = tmp_path / "run"
+    result = launch("--config", "experiments/configs/lenet5_digits.py", "--workdir", str(workdir),
+                    "--config.num_epochs=2", "--config.optimizer.learning_rate=0.05")
+    assert result.returncode == 0, result.stderr
+    assert "epoch   2/2" in result.stdout and "test" in result.stdout
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["step"] == 2 * (1437 // 32)
+    assert records[-1]["test_num_examples"] == 360
+    assert records[-1]["test_accuracy"] > 0.5  # two epochs already learn the digits
+    config = json.load(open(workdir / "config.json"))
+    assert config["num_epochs"] == 2 and config["model"]["name"] == "lenet5"
+    final = json.load(open(workdir / "final_metrics.json"))
+    assert len(final["per_class_f1"]) == 10 and len(final["confusion_matrix"]) == 10
+    assert final["accuracy"] == records[-1]["test_accuracy"]
+    assert not glob.glob(str(workdir / "*.tmp"))
+
+
+@pytest.mark.parametrize("override,match", [
+    ("--config.model.name=resnet19", "Unknown model 'resnet19'. Valid choices:"),
+    ("--config.optimizer.name=adagrad", "Unknown optimizer 'adagrad'"),
+    ("--config.dataset.name=imagenet", "Unknown dataset 'imagenet'. Valid choices: digits"),
+    ("--config.batch_size=0", "config.batch_size must be a positive integer"),
+    ("--config.optimizer.learning_rate=-0.1", "learning_rate must be positive"),
+    ("--config.optimizer.lr=0.1", "Unknown config key 'optimizer.lr'"),
+    ("--config.num_epochs=two", "--config.num_epochs=two: invalid literal for int()"),
+])
+def test_bad_config_fails_before_compute(tmp_path, override, match):
+    workdir = tmp_path / "run"
+    result = launch("--config", "experiments/configs/lenet5_digits.py", "--workdir", str(workdir),
+                    override, timeout=120)
+    assert result.returncode != 0
+    assert match in result.stderr
+    assert not workdir.exists()  # nothing half-written
+
+
+def test_nan_loss_stops_with_the_step_named():
+    config = default_config()
+    config.num_epochs = 1
+    config.optimizer.learning_rate = 1e12
+    config.schedule.name = "constant"
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step \d+ \(epoch 1\)"):
+        train_and_evaluate(config, None, log=lambda s: None)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_files_document_command_and_result(path):
+    spec = importlib.util.spec_from_file_location("config_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = module.__doc__ or ""
+    assert "python -m experiments.train --config experiments/configs/" in doc
+    assert os.path.basename(path) in doc and "Result:" in doc
+    config = module.get_config()
+    assert set(default_config().keys()) <= set(config.keys())
