@@ -136,6 +136,20 @@ def test_gradient_clipping_bounds_the_global_norm():
     assert float(optax.tree.norm(step)) == pytest.approx(2.0, rel=1e-5)
 
 
+def test_learning_rate_from_config_or_argument():
+    params, grads = params_and_grads()
+    from_cfg = run(make_optimizer({"name": "sgd", "momentum": 0.0, "learning_rate": 0.3}),
+                   params, grads[:1])
+    from_arg = run(make_optimizer({"name": "sgd", "momentum": 0.0}, 0.3), params, grads[:1])
+    assert_trees_close(from_cfg, from_arg)
+    np.testing.assert_allclose(from_cfg["conv"]["bias"],
+                               params["conv"]["bias"] - 0.3 * grads[0]["conv"]["bias"], rtol=1e-6)
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        make_optimizer({"name": "sgd"}, 0.0)
+    with pytest.raises(ValueError, match="No learning rate"):
+        make_optimizer({"name": "sgd"})
+
+
 def test_decay_mask():
     params, _ = params_and_grads()
     assert decay_mask(params) == {"conv": {"kernel": True, "bias": False}, "norm": {"scale": False}}

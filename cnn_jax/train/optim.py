@@ -75,8 +75,16 @@ def make_schedule(cfg: Mapping[str, Any], base_lr: float, total_steps: int,
     return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
 
 
-def make_optimizer(cfg: Mapping[str, Any], learning_rate: optax.ScalarOrSchedule
+def make_optimizer(cfg: Mapping[str, Any], learning_rate: optax.ScalarOrSchedule | None = None
                    ) -> optax.GradientTransformation:
+    """The optimizer of `cfg`. `learning_rate` (a number or a schedule, e.g. from
+    `make_schedule`) defaults to the constant `cfg['learning_rate']`."""
+    if learning_rate is None:
+        learning_rate = _get(cfg, "learning_rate", None)
+        if learning_rate is None:
+            raise ValueError("No learning rate: set optimizer.learning_rate or pass a schedule.")
+    if not callable(learning_rate) and not learning_rate > 0:
+        raise ValueError(f"The learning rate must be positive, got {learning_rate!r}.")
     name = _get(cfg, "name", "sgd")
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}. Valid choices: {', '.join(OPTIMIZERS)}.")

@@ -1,0 +1,64 @@
+"""The teaching notebooks in notebooks/: each runs from top to bottom without an error, and is
+stored without outputs.
+
+A notebook may have one cell tagged `parameters` (the papermill convention) holding its settings
+(number of training steps, ...). For the test run its source is replaced by the small settings in
+`SMALL_SETTINGS`, so that every notebook runs in seconds. The kernel gets `MPLBACKEND=Agg`, so
+plots are drawn but not displayed.
+"""
+
+import pathlib
+import sys
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+# Notebook file name -> source that replaces its `parameters` cell in the test.
+SMALL_SETTINGS = {
+    "01_building_blocks.ipynb": "NUM_STEPS = 20",
+}
+
+
+def parameter_cells(nb):
+    return [cell for cell in nb.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+
+
+def test_small_settings_name_existing_notebooks():
+    missing = sorted(set(SMALL_SETTINGS) - {path.name for path in NOTEBOOKS})
+    assert not missing, f"SMALL_SETTINGS names notebooks not in {NOTEBOOK_DIR}: {missing}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_is_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    assert not dirty, (
+        f"{path.name}: code cells {dirty} have stored outputs or execution counts. Clear them "
+        "before committing (in Jupyter: Edit > Clear Outputs of All Cells, then save).")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_runs(path, monkeypatch):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    params = parameter_cells(nb)
+    assert len(params) <= 1, f"{path.name}: more than one cell is tagged 'parameters'."
+    if params:
+        assert path.name in SMALL_SETTINGS, (
+            f"{path.name} has a 'parameters' cell: add small settings for it to SMALL_SETTINGS "
+            "in tests/test_notebooks.py so that the test run stays short.")
+        params[0].source = SMALL_SETTINGS[path.name]
+    # The kernel must run the interpreter (and so the installed cnn_jax) that runs the tests.
+    nb.cells.insert(0, nbformat.v4.new_code_cell(
+        f"import sys\nassert sys.prefix == {sys.prefix!r}, sys.prefix"))
+
+    # The kernel inherits this process's environment, JAX_PLATFORMS=cpu (conftest.py) included.
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    client = NotebookClient(nb, kernel_name="python3", timeout=600,
+                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client.execute()  # raises CellExecutionError, with the failing cell, on any error
