@@ -19,10 +19,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.eval_batch_size = 256
     config.label_smoothing = 0.0
-    config.augment = ml_collections.ConfigDict({
-        "crop_padding": 0,        # random translation by up to this many pixels
-        "hflip": False,           # random left-right mirror (not for digits)
-    })
+    # Transforms run on device, batch-wise, in order (see cnn_jax/data/transforms.py), e.g.
+    # "random_crop(padding=4)|hflip|normalize" or "pad(2)|normalize|mixup(alpha=0.2)".
+    config.train_transforms = ""
+    config.eval_transforms = ""
+    config.input_threads = 2      # host threads reading and decoding ahead of the step
 
     config.optimizer = ml_collections.ConfigDict({
         "name": "sgd",            # sgd | adam | adamw | rmsprop

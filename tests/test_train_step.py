@@ -138,7 +138,7 @@ def test_label_smoothing_matches_formula():
 def test_overfits_one_small_batch(model_fn, shape):
     if shape == (32, 32, 1):
         ds = get_dataset("digits", "train")
-        batch = {"image": ds.images[:16], "label": ds.labels[:16]}
+        batch = {"image": ds.source.images[:16], "label": ds.source.labels[:16]}
     else:
         batch = random_batch(5, n=16, shape=shape, num_classes=10)
     state = create_train_state(model_fn(), optax.adam(3e-3), jax.random.key(0), shape)

@@ -1,45 +1,52 @@
-"""The dataset interface: an in-memory split and the batches a run draws from it.
+"""The dataset interface every loader returns.
 
-A loader returns an `ArrayDataset` (images NHWC float32, integer labels). Training batches
-are a fresh permutation each epoch, derived from (seed, epoch) alone, so a given epoch's
-batches never depend on what ran before. Evaluation batches cover every example exactly
-once: the last batch is padded and its padding carries `mask == 0`.
+A `Dataset` is one split: a random-access `source` (`len(source)`, `source[i]` gives
+{'image': (H, W, C) uint8 or float32 array, 'label': int}), the class names, the image shape
+every example has, and the per-channel mean/std that `normalize` uses. Sources are what
+grain reads (`cnn_jax.data.pipeline`): arrays in memory, a TFDS `data_source`, or image files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Any, Sequence
 
 import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
-class ArrayDataset:
-    images: np.ndarray  # (N, H, W, C) float32
-    labels: np.ndarray  # (N,) int32, in [0, num_classes)
+class Dataset:
+    source: Any
     class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
     name: str = ""
-
-    def __post_init__(self):
-        if self.images.ndim != 4:
-            raise ValueError(f"Dataset {self.name!r}: images must be (N, H, W, C), got shape "
-                             f"{self.images.shape}.")
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"Dataset {self.name!r}: {len(self.images)} images but "
-                             f"{len(self.labels)} labels.")
-        check_labels(self.labels, self.num_classes, self.name)
+    mean: tuple[float, ...] = ()  # per channel, images on the [0, 1] scale
+    std: tuple[float, ...] = ()
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+class ArraySource:
+    """Examples held in memory as arrays: images (N, H, W, C), labels (N,)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+        self.images = images
+        self.labels = np.asarray(labels, np.int32)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": self.labels[i]}
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str = "") -> None:
@@ -50,34 +57,20 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str = "") -> None:
                          f"{bad.size} outside it, e.g. {sorted(set(bad.tolist()))[:5]}.")
 
 
-def steps_per_epoch(dataset: ArrayDataset, batch_size: int) -> int:
-    return len(dataset) // batch_size
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (N, H, W, C) images, on the [0, 1] scale."""
+    x = images.astype(np.float64)
+    if images.dtype == np.uint8:
+        x /= 255.0
+    return tuple(x.mean(axis=(0, 1, 2)).tolist()), tuple(x.std(axis=(0, 1, 2)).tolist())
 
 
-def train_batches(dataset: ArrayDataset, batch_size: int, *, seed: int, epoch: int
-                  ) -> Iterator[dict]:
-    """Shuffled full batches for one epoch (the incomplete last batch is dropped)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if len(dataset) < batch_size:
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(dataset)} training "
-                         f"examples of {dataset.name!r}.")
-    order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
-    for i in range(steps_per_epoch(dataset, batch_size)):
-        idx = order[i * batch_size:(i + 1) * batch_size]
-        yield {"image": dataset.images[idx], "label": dataset.labels[idx]}
-
-
-def eval_batches(dataset: ArrayDataset, batch_size: int) -> Iterator[dict]:
-    """Every example once, in order; the last batch is padded to `batch_size`, mask 0."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    for start in range(0, len(dataset), batch_size):
-        images = dataset.images[start:start + batch_size]
-        labels = dataset.labels[start:start + batch_size]
-        pad = batch_size - len(labels)
-        mask = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
-        if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-        yield {"image": images, "label": labels, "mask": mask}
+def from_arrays(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                name: str = "", mean: Sequence[float] = (), std: Sequence[float] = ()) -> Dataset:
+    """An in-memory dataset; labels are checked, and mean/std computed if not given."""
+    check_labels(labels, len(class_names), name)
+    source = ArraySource(images, labels)
+    if not mean or not std:
+        mean, std = channel_stats(images)
+    return Dataset(source, tuple(class_names), tuple(images.shape[1:]), name, tuple(mean),
+                   tuple(std))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnn_jax.data.dataset import ArrayDataset
+from cnn_jax.data.dataset import Dataset, channel_stats, from_arrays
 
 SPLITS = ("train", "test")
 
 
-def load_digits(split: str, image_size: int = 32) -> ArrayDataset:
+def load_digits(split: str, image_size: int = 32) -> Dataset:
     from PIL import Image
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
@@ -28,12 +28,14 @@ def load_digits(split: str, image_size: int = 32) -> ArrayDataset:
     images = digits.images.astype(np.float32) / 16.0
     train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=0.2,
                                            stratify=digits.target, random_state=0)
+
+    def resize(idx):
+        out = np.stack([np.asarray(Image.fromarray(img).resize((image_size, image_size),
+                                                                Image.BILINEAR))
+                        for img in images[idx]])
+        return np.clip(out, 0.0, 1.0)[..., None].astype(np.float32)
+
     idx = train_idx if split == "train" else test_idx
-    resized = np.stack([
-        np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BILINEAR))
-        for img in images[idx]])
-    return ArrayDataset(
-        images=np.clip(resized, 0.0, 1.0)[..., None].astype(np.float32),
-        labels=digits.target[idx].astype(np.int32),
-        class_names=tuple(str(d) for d in range(10)),
-        name="digits")
+    mean, std = channel_stats(resize(train_idx))  # both splits normalise alike
+    return from_arrays(resize(idx), digits.target[idx], tuple(str(d) for d in range(10)),
+                       "digits", mean, std)

@@ -4,8 +4,8 @@ Command:
     python -m experiments.train --config experiments/configs/lenet5_digits.py \
         --workdir runs/lenet5_digits
 
-Result: 98.61% test accuracy (360 test images, macro-F1 0.986) after 20 epochs; 13 s of
-training, 22 s wall with start-up, on 2 CPU cores. Seeds 0-3 gave 98.61, 99.72, 99.17, 98.61%.
+Result: 98.61% test accuracy (360 test images, macro-F1 0.986) after 20 epochs; 11 s of
+training, 18 s wall with start-up, on 2 CPU cores. Seeds 0-3 gave 98.61, 97.78, 99.72, 99.44%.
 """
 
 from cnn_jax.config import default_config
@@ -19,7 +19,7 @@ def get_config():
     config.model.pool = "max"
     config.num_epochs = 20
     config.batch_size = 32
-    config.augment.crop_padding = 2
+    config.train_transforms = "random_crop(padding=2)"
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05
     config.optimizer.momentum = 0.9
