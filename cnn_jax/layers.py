@@ -59,17 +59,21 @@ def check_norm(name: str) -> str:
 
 
 def make_norm(name: str, *, train: bool, features: int, dtype: Any, param_dtype: Any,
-              scale_init: Callable = nn.initializers.ones, module_name: str = "norm"):
+              scale_init: Callable = nn.initializers.ones, module_name: str = "norm",
+              axis_name: str | None = None):
     """Returns the norm layer for `name` ('none' gives None).
 
     BatchNorm uses PyTorch's defaults (momentum 0.1 in PyTorch's convention, epsilon 1e-5)
     so that imported torchvision statistics mean the same thing. 'layer' normalises over
     channels at each position (the ConvNeXt convention); 'group' uses up to 32 groups.
+    `axis_name`: BatchNorm averages its batch statistics over that mapped axis (`jax.pmap`),
+    so that every device normalises with the global batch's statistics.
     """
     check_norm(name)
     common = dict(dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=module_name)
     if name == "batch":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **common)
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            axis_name=axis_name if train else None, **common)
     if name == "layer":
         return nn.LayerNorm(epsilon=1e-5, **common)
     if name == "group":
@@ -146,6 +150,7 @@ class ConvBlock(nn.Module):
     use_bias: bool | None = None
     kernel_init: Callable = nn.linear.default_kernel_init
     norm_scale_init: Callable = nn.initializers.ones
+    norm_axis_name: str | None = None  # pmap's device axis: BatchNorm over the global batch
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -169,7 +174,8 @@ class ConvBlock(nn.Module):
                     kernel_init=self.kernel_init, dtype=self.dtype,
                     param_dtype=self.param_dtype, name="conv")(x)
         norm = make_norm(self.norm, train=train, features=self.features, dtype=self.dtype,
-                         param_dtype=self.param_dtype, scale_init=self.norm_scale_init)
+                         param_dtype=self.param_dtype, scale_init=self.norm_scale_init,
+                         axis_name=self.norm_axis_name)
         if norm is not None:
             x = norm(x)
         return activation(x)

@@ -22,13 +22,14 @@ class BasicBlock(nn.Module):
     norm: str = "batch"
     act: str = "relu"
     zero_init_residual: bool = True
+    norm_axis_name: str | None = None
     dtype: Any = jnp.float32
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        common = dict(norm=self.norm, dtype=self.dtype)
+        common = dict(norm=self.norm, norm_axis_name=self.norm_axis_name, dtype=self.dtype)
         y = ConvBlock(self.features, 3, self.strides, padding=1, act=self.act, name="conv1",
                       **common)(x, train)
         y = ConvBlock(self.features, 3, 1, padding=1, act="none", norm_scale_init=last_scale,
@@ -42,13 +43,14 @@ class BottleneckBlock(nn.Module):
     norm: str = "batch"
     act: str = "relu"
     zero_init_residual: bool = True
+    norm_axis_name: str | None = None
     dtype: Any = jnp.float32
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        common = dict(norm=self.norm, dtype=self.dtype)
+        common = dict(norm=self.norm, norm_axis_name=self.norm_axis_name, dtype=self.dtype)
         y = ConvBlock(self.features, 1, 1, padding=0, act=self.act, name="conv1", **common)(x, train)
         y = ConvBlock(self.features, 3, self.strides, padding=1, act=self.act, name="conv2",
                       **common)(y, train)
@@ -74,12 +76,14 @@ class ResNet(nn.Module):
     norm: str = "batch"
     act: str = "relu"
     zero_init_residual: bool = True
+    norm_axis_name: str | None = None  # set by the pmap train step: BatchNorm over all devices
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_nhwc(x, "ResNet")
-        common = dict(norm=self.norm, act=self.act, dtype=self.dtype)
+        common = dict(norm=self.norm, act=self.act, norm_axis_name=self.norm_axis_name,
+                      dtype=self.dtype)
         if self.stem == "imagenet":
             x = ConvBlock(self.width, 7, 2, padding=3, name="stem", **common)(x, train)
             x = max_pool(x, 3, 2, padding=1)

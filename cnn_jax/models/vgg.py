@@ -30,6 +30,7 @@ class VGG(nn.Module):
     pool_size: int = 7
     hidden_features: int = 4096
     dropout_rate: float = 0.5
+    norm_axis_name: str | None = None  # set by the pmap train step: BatchNorm over all devices
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -44,6 +45,7 @@ class VGG(nn.Module):
                 conv_index += 1
                 # torchvision keeps the convolution bias even before BatchNorm.
                 x = ConvBlock(v, 3, padding=1, norm=norm, use_bias=True, dtype=self.dtype,
+                              norm_axis_name=self.norm_axis_name,
                               name=f"conv{conv_index}")(x, train)
         x = adaptive_avg_pool(x, self.pool_size)
         x = x.reshape(x.shape[0], -1)

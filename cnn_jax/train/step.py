@@ -60,21 +60,54 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, labels)
 
 
-def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0
-               ) -> tuple[TrainState, dict]:
-    """One optimizer step on `batch` ({'image': (N,H,W,C), 'label': (N,)}). Pure; jit it."""
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
+def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
+               axis_name: str | None = None, accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch` ({'image': (N,H,W,C), 'label': (N,)}). Pure; jit it.
 
-    def loss_fn(params):
+    `axis_name`: the step runs under `jax.pmap` over that axis, each device on its share of
+    the batch; gradients and metrics are averaged over it (BatchNorm statistics too, when the
+    model was made with `norm_axis_name` equal to it). Under `jax.jit` over a device mesh the
+    batch is one global array and no axis is named: the same step, unchanged.
+    `accum_steps`: the batch is split into that many micro-batches, run one after the other
+    (BatchNorm statistics update after each), and their gradients averaged into one update:
+    the update of the whole batch in the memory of a micro-batch.
+    """
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:  # each device its own dropout masks
+        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params, batch_stats, micro_batch, rng):
         logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+            {"params": params, "batch_stats": batch_stats}, micro_batch["image"], train=True,
+            rngs={"dropout": rng}, mutable=["batch_stats"])
+        loss = jnp.mean(cross_entropy(logits, micro_batch["label"], label_smoothing))
         return loss, (logits, updates.get("batch_stats", {}))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch,
+                                                       dropout_rng)
+        labels = batch["label"]
+    else:
+        micro = _split_micro_batches(batch, accum_steps)
+
+        def accumulate(carry, xs):
+            grads_sum, batch_stats = carry
+            micro_batch, i = xs
+            (loss, (logits, batch_stats)), grads = grad_fn(
+                state.params, batch_stats, micro_batch, jax.random.fold_in(dropout_rng, i))
+            return (jax.tree.map(jnp.add, grads_sum, grads), batch_stats), (loss, logits)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, batch_stats), (losses, logits) = jax.lax.scan(
+            accumulate, (zeros, state.batch_stats), (micro, jnp.arange(accum_steps)))
+        grads = jax.tree.map(lambda g: g / accum_steps, grads)
+        loss = jnp.mean(losses)
+        logits = logits.reshape(-1, logits.shape[-1])
+        labels = micro["label"].reshape(-1, *micro["label"].shape[2:])
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    labels = batch["label"]
     if labels.ndim == logits.ndim:  # soft labels
         labels = jnp.argmax(labels, -1)
     metrics = {
@@ -82,15 +115,29 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         "grad_norm": optax.tree.norm(grads),
     }
+    if axis_name is not None:
+        metrics = jax.lax.pmean(metrics, axis_name)
     return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, top_k: tuple[int, ...] = (5,)) -> dict:
+def _split_micro_batches(batch: dict, accum_steps: int) -> dict:
+    size = batch["label"].shape[0]
+    if size % accum_steps:
+        raise ValueError(f"A batch of {size} examples cannot be split into {accum_steps} "
+                         f"equal micro-batches (accum_steps); make it a multiple of {accum_steps}.")
+    return jax.tree.map(lambda x: x.reshape(accum_steps, size // accum_steps, *x.shape[1:]), batch)
+
+
+def eval_step(state: TrainState, batch: dict, *, top_k: tuple[int, ...] = (5,),
+              axis_name: str | None = None) -> dict:
     """Additive evaluation counts for `batch`; examples with `batch['mask'] == 0` (padding)
-    count for nothing. Sum them with `metrics.add_counts`, then `metrics.summarize`."""
+    count for nothing. Sum them with `metrics.add_counts`, then `metrics.summarize`. Under
+    `jax.pmap` over `axis_name` the counts are summed over the devices."""
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                             batch["image"], train=False)
     losses = cross_entropy(logits, batch["label"])
     weights = batch.get("mask")
-    return metrics_lib.eval_counts(logits, batch["label"], losses,
-                                   None if weights is None else weights.astype(jnp.float32), top_k)
+    counts = metrics_lib.eval_counts(logits, batch["label"], losses,
+                                     None if weights is None else weights.astype(jnp.float32),
+                                     top_k)
+    return counts if axis_name is None else jax.lax.psum(counts, axis_name)
