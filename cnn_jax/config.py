@@ -13,7 +13,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.dataset = ml_collections.ConfigDict({"name": "digits"})
-    config.model = ml_collections.ConfigDict({"name": "lenet5"})
+    # dtype: the computation's ("float32" or "bfloat16": mixed precision, parameters,
+    # optimizer state, loss and softmax stay float32).
+    config.model = ml_collections.ConfigDict({"name": "lenet5", "dtype": "float32"})
 
     config.num_epochs = 10
     config.batch_size = 32
@@ -24,6 +26,16 @@ def default_config() -> ml_collections.ConfigDict:
     config.train_transforms = ""
     config.eval_transforms = ""
     config.input_threads = 2      # host threads reading and decoding ahead of the step
+
+    # Scale (README "Scaling out"). batch_size is the global batch over all devices/processes.
+    config.parallel = "none"      # none (one device) | pmap | mesh (jax.jit over a device mesh)
+    config.grad_accum_steps = 1   # micro-batches per optimizer step, accumulated inside the step
+    config.distributed = ml_collections.ConfigDict({
+        "coordinator_address": "",  # host:port of process 0; empty: a single process ...
+        "num_processes": 1,
+        "process_id": 0,
+        "auto": False,            # ... unless True: jax.distributed.initialize() detects the
+    })                            # cluster (SLURM, Cloud TPU, Kubernetes, MPI)
 
     config.optimizer = ml_collections.ConfigDict({
         "name": "sgd",            # sgd | adam | adamw | rmsprop

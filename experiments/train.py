@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cnn_jax.train import train_and_evaluate
+from cnn_jax.train.parallel import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.",
                                           lock_config=True)
@@ -58,6 +59,7 @@ def check_override_keys(argv: list[str]) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    initialize_distributed(_CONFIG.value.distributed)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

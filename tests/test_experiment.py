@@ -123,7 +123,7 @@ def test_config_files_build_and_trace_on_mock_data(path, tmp_path):
     tx = make_optimizer(config.optimizer, make_schedule(config.schedule,
                                                         config.optimizer.learning_rate, 100, 10))
     state = jax.eval_shape(lambda key: create_train_state(model, tx, key, shape), jax.random.key(0))
-    train_fn, eval_fn = make_steps(config, train_pre, eval_pre)
+    train_fn, eval_fn = (jax.jit(f) for f in make_steps(config, train_pre, eval_pre))
     n = config.batch_size
     batch = {"image": jax.ShapeDtypeStruct((n, *ds.image_shape), jnp.asarray(ds.source[0]["image"]).dtype),
              "label": jax.ShapeDtypeStruct((n,), jnp.int32)}

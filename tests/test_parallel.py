@@ -6,7 +6,9 @@ on the larger batch.
 The multi-device runs are subprocesses (tests/helpers/parallel_run.py): the device count is
 fixed when JAX starts."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -112,3 +114,98 @@ def test_batch_sizes_and_modes_are_validated():
     assert sizes["per_device"] * sizes["devices"] == 64 == sizes["per_process"]
     with pytest.raises(ValueError, match="Unknown parallel mode 'dp'. Valid choices: none, pmap, mesh"):
         DataParallel("dp")
+
+
+def launch(*args, devices=8, module="experiments.train", timeout=TIMEOUT):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    # Its own process group, so that on a timeout the launcher's children are killed too.
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None or module != "experiments.train":
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+DIGITS = ("--config", "experiments/configs/lenet5_digits.py", "--config.num_epochs=1")
+
+
+def read_records(workdir):
+    import json
+    return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+
+def test_experiment_in_mesh_mode_equals_one_device(tmp_path):
+    """The launcher end to end: with the same global batches (one process), mesh on 8 devices
+    trains the same model as one device, augmentation included."""
+    runs = {}
+    for mode, devices in (("none", 1), ("mesh", 8), ("pmap", 8)):
+        result = launch(*DIGITS, "--workdir", str(tmp_path / mode), f"--config.parallel={mode}",
+                        devices=devices)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"parallel={mode}: {devices} device(s)" in result.stdout
+        runs[mode] = read_records(tmp_path / mode)[-1]
+    assert "32 global, 32 per process, 4 per device" in result.stdout
+    assert runs["mesh"]["test_accuracy"] == runs["none"]["test_accuracy"]
+    assert runs["mesh"]["test_loss"] == pytest.approx(runs["none"]["test_loss"], rel=1e-4)
+    # pmap draws augmentations per device, so its run differs in its random crops only.
+    assert runs["pmap"]["test_accuracy"] > 0.5 and runs["pmap"]["test_num_examples"] == 360
+
+
+def test_launch_local_runs_two_processes_and_one_writes(tmp_path):
+    workdir = tmp_path / "run"
+    result = launch("--num_processes", "2", "--devices_per_process", "4", "--", *DIGITS,
+                    "--workdir", str(workdir), "--config.parallel=mesh",
+                    module="experiments.launch_local", devices=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("parallel=mesh: 8 device(s) (cpu) in 2 process(es)") == 1
+    records = read_records(workdir)
+    assert len(records) == 1 and records[0]["test_num_examples"] == 360
+    assert records[0]["step"] == 1437 // 2 // 16  # each process reads its half, 16 at a time
+    assert records[0]["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("override,devices,match", [
+    ("--config.batch_size=30", 8, "config.batch_size=30 must be divisible by the 8 devices"),
+    ("--config.parallel=dp", 1, "Unknown parallel mode 'dp'. Valid choices: none, pmap, mesh"),
+    ("--config.model.dtype=int8", 1, "Unknown config.model.dtype 'int8'. Valid choices: float32"),
+    ("--config.grad_accum_steps=3", 1, "per-device batch (32) must be divisible by "
+                                       "config.grad_accum_steps=3"),
+])
+def test_bad_scale_settings_fail_clearly(tmp_path, override, devices, match):
+    result = launch(*DIGITS, "--workdir", str(tmp_path / "run"), override, devices=devices)
+    assert result.returncode != 0 and match in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_trains_the_default_experiment_within_one_point_of_float32():
+    from cnn_jax.train import train_and_evaluate
+    from experiments.configs.lenet5_digits import get_config
+
+    accuracy = {}
+    for dtype in ("float32", "bfloat16"):
+        config = get_config()
+        config.model.dtype = dtype
+        state, history = train_and_evaluate(config, None, log=lambda s: None)
+        accuracy[dtype] = history[-1]["test_accuracy"]
+        # Parameters and optimizer state stay float32 whatever the compute dtype.
+        floats = [x for x in jax.tree.leaves((state.params, state.opt_state))
+                  if np.issubdtype(x.dtype, np.floating)]  # (optax also keeps int32 counts)
+        assert floats and all(x.dtype == np.float32 for x in floats)
+    print(f"test accuracy: {accuracy}")
+    assert abs(accuracy["bfloat16"] - accuracy["float32"]) <= 0.01
+
+
+def test_bf16_computes_in_bf16_with_float32_logits():
+    model = get_model("lenet5", num_classes=10, dtype=jax.numpy.bfloat16)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))
+    jaxpr = str(jax.make_jaxpr(model.apply)(variables, np.zeros((2, 32, 32, 1), np.float32)))
+    assert "conv_general_dilated" in jaxpr and "bf16[2,28,28,6]" in jaxpr
+    logits = model.apply(variables, np.zeros((2, 32, 32, 1), np.float32))
+    assert logits.dtype == np.float32

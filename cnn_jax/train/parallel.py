@@ -124,3 +124,15 @@ class DataParallel:
             return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
         return jax.device_get(tree)
 
+
+
+def initialize_distributed(cfg) -> None:
+    """`jax.distributed.initialize` from `config.distributed`; a no-op for one process. Call it
+    before anything else touches JAX's devices."""
+    if cfg.auto:
+        jax.distributed.initialize()  # SLURM, Cloud TPU, Kubernetes, MPI: detected
+    elif cfg.coordinator_address:
+        if not 0 <= cfg.process_id < cfg.num_processes:
+            raise ValueError(f"config.distributed.process_id must lie in "
+                             f"[0, {cfg.num_processes}), got {cfg.process_id}.")
+        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
