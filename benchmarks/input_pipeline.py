@@ -8,7 +8,7 @@ Per case, in images/s:
   pipeline     the host iterator alone (`train_iterator`, grain), read in the calling thread
                (0 threads) and by 2 threads (`config.input_threads`' default);
   augment      the jitted transforms alone (`make_preprocess`) on device-resident batches;
-  train step   the jitted train step from `make_steps` (transforms fused in) on one batch
+  train step   the train step from `make_steps`, jitted, (transforms fused in) on one batch
                already on the device: what the step can consume;
   end-to-end   the same step fed by the 2-thread iterator;
   ratio        pipeline (2 threads) / train step: above 1 the pipeline is not the bottleneck.
@@ -116,7 +116,7 @@ def run_case(name, args):
             config.schedule, config.optimizer.learning_rate, spe * config.num_epochs, spe))
         shape = model_input_shape(preprocess, ds)
         state = [create_train_state(model, tx, jax.random.key(0), shape)]
-        train_fn, _ = make_steps(config, preprocess, preprocess)
+        train_fn = jax.jit(make_steps(config, preprocess, preprocess)[0], donate_argnums=0)
 
         def step(batch):
             state[0], metrics = train_fn(state[0], batch)
