@@ -112,6 +112,10 @@ def test_gradient_accumulation_equals_one_large_batch():
 def test_batch_sizes_and_modes_are_validated():
     sizes = check_batch_sizes(64)
     assert sizes["per_device"] * sizes["devices"] == 64 == sizes["per_process"]
+    assert check_batch_sizes(36, 4)["per_device"] == 9
+    with pytest.raises(ValueError, match="config.batch_size=36 must be divisible by the 8 devices"
+                                         r" \(1 process\(es\)\) to split evenly; try 32"):
+        check_batch_sizes(36, 8)
     with pytest.raises(ValueError, match="Unknown parallel mode 'dp'. Valid choices: none, pmap, mesh"):
         DataParallel("dp")
 

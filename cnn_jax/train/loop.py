@@ -128,8 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     """
     validate_config(config)
     dp = DataParallel(config.parallel)
-    sizes = check_batch_sizes(config.batch_size)
-    check_batch_sizes(config.eval_batch_size, what="config.eval_batch_size")
+    sizes = check_batch_sizes(config.batch_size, dp.num_devices)
+    check_batch_sizes(config.eval_batch_size, dp.num_devices, what="config.eval_batch_size")
     if sizes["per_device"] % config.grad_accum_steps:
         raise ValueError(f"The per-device batch ({sizes['per_device']}) must be divisible by "
                          f"config.grad_accum_steps={config.grad_accum_steps}.")

@@ -32,9 +32,11 @@ MODES = ("none", "pmap", "mesh")
 AXIS = "batch"  # pmap's device axis name (BatchNorm's `norm_axis_name` must match)
 
 
-def check_batch_sizes(global_batch: int, *, what: str = "config.batch_size") -> dict:
-    """Per-process and per-device sizes of `global_batch`, or a clear error."""
-    devices, processes = jax.device_count(), jax.process_count()
+def check_batch_sizes(global_batch: int, devices: int | None = None, *,
+                      what: str = "config.batch_size") -> dict:
+    """Per-process and per-device sizes of `global_batch` over `devices` (default: all), or a
+    clear error."""
+    devices, processes = devices or jax.device_count(), jax.process_count()
     if global_batch % devices:
         raise ValueError(f"{what}={global_batch} must be divisible by the {devices} devices "
                          f"({processes} process(es)) to split evenly; try "
@@ -56,6 +58,10 @@ class DataParallel:
                                       axis_types=(jax.sharding.AxisType.Auto,))
             self.replicated = NamedSharding(self.mesh, P())
             self.sharded = NamedSharding(self.mesh, P("data"))
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mode == "none" else jax.device_count()
 
     @property
     def axis_name(self) -> str | None:
