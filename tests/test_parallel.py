@@ -176,14 +176,16 @@ def test_launch_local_runs_two_processes_and_one_writes(tmp_path):
 
 
 @pytest.mark.parametrize("override,devices,match", [
-    ("--config.batch_size=30", 8, "config.batch_size=30 must be divisible by the 8 devices"),
+    ("--config.batch_size=30 --config.parallel=mesh", 8,
+     "config.batch_size=30 must be divisible by the 8 devices"),
     ("--config.parallel=dp", 1, "Unknown parallel mode 'dp'. Valid choices: none, pmap, mesh"),
     ("--config.model.dtype=int8", 1, "Unknown config.model.dtype 'int8'. Valid choices: float32"),
     ("--config.grad_accum_steps=3", 1, "per-device batch (32) must be divisible by "
                                        "config.grad_accum_steps=3"),
 ])
 def test_bad_scale_settings_fail_clearly(tmp_path, override, devices, match):
-    result = launch(*DIGITS, "--workdir", str(tmp_path / "run"), override, devices=devices)
+    result = launch(*DIGITS, "--workdir", str(tmp_path / "run"), *override.split(),
+                    devices=devices)
     assert result.returncode != 0 and match in result.stderr
     assert not (tmp_path / "run").exists()
 
