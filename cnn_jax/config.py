@@ -5,6 +5,10 @@
 config file, then override it on the command line with `--config.model.act=tanh`.
 """
 
+import ast
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -26,6 +30,16 @@ def default_config() -> ml_collections.ConfigDict:
     config.train_transforms = ""
     config.eval_transforms = ""
     config.input_threads = 2      # host threads reading and decoding ahead of the step
+
+    # Lifecycle (README "Runs: checkpoints, logs, reports, sweeps").
+    config.resume = True          # continue from the workdir's latest checkpoint, if any
+    config.log_every_steps = 50   # train scalars to steps.jsonl/TensorBoard every this many steps
+    config.checkpoint = ml_collections.ConfigDict({
+        "every_steps": 0,         # also save every this many steps (0: only at epoch ends)
+        "keep": 3,                # the latest `keep` checkpoints are kept ...
+        "best_metric": "test_accuracy",  # ... and the best by this epoch metric ("" for none)
+        "best_mode": "max",       # max | min
+    })
 
     # Scale (README "Scaling out"). batch_size is the global batch over all devices/processes.
     config.parallel = "none"      # none (one device) | pmap | mesh (jax.jit over a device mesh)
@@ -60,3 +74,52 @@ def default_config() -> ml_collections.ConfigDict:
         "final_div_factor": 1e4,  # one_cycle
     })
     return config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of an experiment config file."""
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    if spec is None or not os.path.exists(path):
+        raise FileNotFoundError(f"No config file {path!r}.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def parse_value(text: str, like):
+    """`text` as the type of the config's current value `like`."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() == "true"
+    if isinstance(like, (int, float)):
+        return type(like)(text)
+    if isinstance(like, tuple):
+        return tuple(ast.literal_eval(text))
+    return text
+
+
+def get_value(config, key: str):
+    """The value at dotted `key`; a key the config lacks is an error listing the valid keys."""
+    node, walked = config, []
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            where = "config." + ".".join(walked) if walked else "config"
+            valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(a value)"
+            raise KeyError(f"Unknown config key {key!r}: {where} has no {part!r}. "
+                           f"Valid keys of {where}: {valid}.")
+        node, walked = node[part], walked + [part]
+    return node
+
+
+def set_value(config, key: str, value) -> None:
+    """Sets dotted `key`; a string `value` is parsed as the type of the current value."""
+    current = get_value(config, key)
+    if isinstance(value, str):
+        try:
+            value = parse_value(value, current)
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"config.{key}: {e} (expected a {type(current).__name__}).") from None
+    *parents, leaf = key.split(".")
+    node = get_value(config, ".".join(parents)) if parents else config
+    node[leaf] = value

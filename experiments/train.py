@@ -5,16 +5,25 @@
 
 Any config value can be overridden with --config.<key>=<value>; a key the config does not
 have is an error that lists the keys it does have.
+
+Rerunning the same command resumes the run from its workdir's latest checkpoint
+(--config.resume=False starts over). Rerun a past run from its own record of its config:
+
+    python -m experiments.train --config runs/lenet5_digits/config.py --workdir runs/again
+
+SIGTERM or Ctrl-C saves a checkpoint at the next step and exits with status 0 and a message.
 """
 
-import importlib.util
+import os
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cnn_jax.config import get_value, load_config_file
 from cnn_jax.train import train_and_evaluate
+from cnn_jax.train.loop import Preempted
 from cnn_jax.train.parallel import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.",
@@ -34,33 +43,28 @@ def check_override_keys(argv: list[str]) -> None:
             path = arg.split("=", 1)[1]
         elif arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
-    if path is None:
-        return
-    spec = importlib.util.spec_from_file_location("experiment_config", path.split(":")[0])
-    if spec is None:
-        return  # absl reports the unreadable file itself
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    if path is None or not os.path.exists(path.split(":")[0]):
+        return  # absl reports the missing flag or file itself
+    config = load_config_file(path.split(":")[0])
     for arg in argv:
         match = re.match(r"--(?:no)?config\.([\w.]+)", arg)
-        if not match:
-            continue
-        node, walked = config, []
-        for key in match.group(1).split("."):
-            if not hasattr(node, "keys") or key not in node:
-                where = "config." + ".".join(walked) if walked else "config"
-                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(a value, no keys)"
-                sys.exit(f"Unknown config key '{match.group(1)}' in {arg!r}: {where} has no "
-                         f"'{key}'. Valid keys of {where}: {valid}.")
-            node, walked = node[key], walked + [key]
+        if match:
+            try:
+                get_value(config, match.group(1))
+            except KeyError as e:
+                sys.exit(f"{e.args[0]} (in {arg!r})")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
     initialize_distributed(_CONFIG.value.distributed)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Preempted as e:  # a checkpoint was saved: a clean exit, not a failure
+        print(e, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

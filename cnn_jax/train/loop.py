@@ -3,10 +3,22 @@
 Everything is built and checked (dataset, transforms, model, optimizer, schedule, shapes)
 before the first step runs. The input pipeline (grain) yields the batch of each global step;
 transforms run on device inside the jitted step, keyed by `fold_in(seed, step)`, so a run's
-batches depend on its seed and step alone. After each epoch the loop prints one line and
-appends one JSON record to `workdir/metrics.jsonl`; the resolved config goes to
-`workdir/config.json` and the final whole-test-set metrics (per class, confusion matrix) to
-`workdir/final_metrics.json`.
+batches depend on its seed and step alone.
+
+What a run writes in its workdir:
+    checkpoints/<step>/   orbax checkpoints at each epoch's end and every
+                          `config.checkpoint.every_steps` (see checkpoint.py)
+    steps.jsonl           train scalars every `config.log_every_steps` steps
+    metrics.jsonl         one record per epoch: train and whole-test-set metrics
+    tensorboard/          the same scalars as TensorBoard event files
+    final_metrics.json    the last evaluation, per class, with the confusion matrix
+    config.json, config.py, environment.json   (see workdir.py)
+
+A run started on a workdir with checkpoints resumes from the latest good one and ends exactly
+as the uninterrupted run would (bit-identical on CPU): the state, the position in the data and
+the epoch's running train sums all come from the checkpoint. SIGTERM/SIGINT save a checkpoint
+at the next step boundary and raise `Preempted`; a loss or gradient norm that is not finite
+raises FloatingPointError before anything after it is saved.
 
 `config.parallel` picks how the one train step runs over the devices (`parallel.py`);
 `config.batch_size` is the global batch, and each process reads its own shard of the data.
@@ -18,6 +30,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -25,17 +40,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from cnn_jax import data as data_lib
 from cnn_jax import metrics as metrics_lib
 from cnn_jax.data.transforms import make_preprocess
 from cnn_jax.models import get_model, model_options
+from cnn_jax.train.checkpoint import Checkpointer, state_tree, with_tree
+from cnn_jax.train.logs import MetricWriter, Progress
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.parallel import DataParallel, check_batch_sizes
 from cnn_jax.train.step import TrainState, create_train_state, eval_step, train_step
+from cnn_jax.train.workdir import check_same_run, write_json, write_run_files
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+EPOCH_METRICS = ("test_accuracy", "test_loss", "test_top5_accuracy", "test_macro_f1",
+                 "test_macro_precision", "test_macro_recall", "train_loss", "train_accuracy")
 
 
 def _options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -54,6 +75,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.model.get("dtype", "float32") not in DTYPES:
         raise ValueError(f"Unknown config.model.dtype {config.model.dtype!r}. "
                          f"Valid choices: {', '.join(DTYPES)}.")
+    if config.log_every_steps < 1 or config.checkpoint.every_steps < 0:
+        raise ValueError("config.log_every_steps must be positive and config.checkpoint.every_steps"
+                         " non-negative.")
+    best = config.checkpoint.best_metric
+    if best and best not in EPOCH_METRICS:
+        raise ValueError(f"Unknown config.checkpoint.best_metric {best!r}. Valid choices: "
+                         f"{', '.join(EPOCH_METRICS)}, or '' for none.")
     if not 0 <= config.label_smoothing < 1:
         raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.")
 
@@ -101,30 +129,70 @@ def evaluate(eval_fn: Callable, state: TrainState, dataset: data_lib.Dataset, ba
     return metrics_lib.summarize(dp.fetch(counts))
 
 
-def _write_json(path: str, obj: Any) -> None:
-    """Write-then-rename, so a reader never sees half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; rerunning resumes it."""
 
 
-def _check_finite(losses: np.ndarray, first_step: int, epoch: int, config) -> None:
-    if not np.all(np.isfinite(losses)):
-        bad = int(np.argmin(np.isfinite(losses)))
-        raise FloatingPointError(
-            f"The training loss became {losses[bad]} at step {first_step + bad} (epoch {epoch}); lower the "
-            f"learning rate ({config.optimizer.learning_rate}) or clip gradients "
-            "(--config.optimizer.grad_clip_norm).")
+class _StopSignals:
+    """While active, SIGTERM and SIGINT only raise a flag that the loop reads at the next step
+    boundary; a second SIGINT (Ctrl-C twice) interrupts at once."""
+
+    def __init__(self):
+        self.received, self._previous = None, {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_finite(step_metrics: list[dict], first_step: int, steps_per_epoch: int, config,
+                  last_checkpoint: str) -> None:
+    for i, m in enumerate(step_metrics):
+        bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(m[k])]
+        if bad:
+            step = first_step + i
+            raise FloatingPointError(
+                f"The training {bad[0].replace('_', ' ')} became {m[bad[0]]} at step {step} (epoch "
+                f"{(step - 1) // steps_per_epoch + 1}); {last_checkpoint}. Lower the learning "
+                f"rate ({config.optimizer.learning_rate}) or clip gradients "
+                "(--config.optimizer.grad_clip_norm).")
+
+
+def _epoch_record(epoch: int, step: int, sums: dict, test: dict, learning_rate: float,
+                  images_per_second: float, seconds: float) -> dict:
+    return {
+        "epoch": epoch,
+        "step": step,
+        "learning_rate": learning_rate,
+        "train_loss": sums["loss"] / sums["count"],
+        "train_accuracy": sums["accuracy"] / sums["count"],
+        **{f"test_{k}": v for k, v in test.items()
+           if not k.startswith("per_class") and k != "confusion_matrix"},
+        "train_images_per_second": images_per_second,
+        "epoch_seconds": seconds,
+    }
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        log: Callable[[str], None] = functools.partial(print, flush=True)
                        ) -> tuple[TrainState, list[dict]]:
-    """Trains `config` and evaluates on the test split after every epoch.
+    """Trains `config`, evaluating on the test split after every epoch, and checkpointing into
+    `workdir` (see the module docstring). Returns the final state and the per-epoch history
+    (what `metrics.jsonl` holds). `workdir=None` writes nothing.
 
-    Returns the final state and the per-epoch history (what `metrics.jsonl` holds).
-    `workdir=None` writes nothing.
+    Raises `Preempted` after SIGTERM/SIGINT (a checkpoint saved), FloatingPointError when the
+    loss or gradient norm stops being finite (the last good checkpoint kept).
     """
     validate_config(config)
     dp = DataParallel(config.parallel)
@@ -133,8 +201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     if sizes["per_device"] % config.grad_accum_steps:
         raise ValueError(f"The per-device batch ({sizes['per_device']}) must be divisible by "
                          f"config.grad_accum_steps={config.grad_accum_steps}.")
-    if jax.process_index() != 0:  # one process logs and writes
-        log, workdir = (lambda message: None), None
+    is_main = jax.process_index() == 0  # one process logs and writes; all of them checkpoint
+    if not is_main:
+        log = lambda message: None  # noqa: E731
     options = _options(config.dataset)
     train_ds = data_lib.get_dataset(config.dataset.name, "train", **options)
     test_ds = data_lib.get_dataset(config.dataset.name, "test", **options)
@@ -159,11 +228,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     schedule = make_schedule(config.schedule, config.optimizer.learning_rate, total_steps,
                              steps_per_epoch)
     tx = make_optimizer(config.optimizer, schedule)
-    state = dp.put_state(create_train_state(model, tx, jax.random.key(config.seed), input_shape))
+    state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
+
+    # Resume from the workdir's latest good checkpoint, if it holds a run of this config.
+    ckpt, start_step, history = None, 0, []
+    epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+    if workdir:
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        saved_config = os.path.join(workdir, "config.json")
+        if os.path.isdir(ckpt_dir) and not config.resume:
+            if is_main:
+                log(f"resume=False: discarding the checkpoints in {ckpt_dir}")
+                shutil.rmtree(ckpt_dir)
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("cnn_jax: old checkpoints discarded")
+        elif os.path.isdir(ckpt_dir) and os.path.exists(saved_config):
+            with open(saved_config) as f:
+                check_same_run(json.load(f), config.to_dict(), workdir)
+        ckpt = Checkpointer(ckpt_dir, keep=config.checkpoint.keep,
+                            best_metric=config.checkpoint.best_metric,
+                            best_mode=config.checkpoint.best_mode)
+        restored = ckpt.restore_latest(state_tree(state))
+        if restored:
+            tree, meta = restored
+            check_same_run(meta["config"], config.to_dict(), workdir)
+            state, start_step = with_tree(state, tree), meta["step"]
+            epoch_sums, history = meta["epoch_sums"], meta["history"]
+            log(f"Resuming from the checkpoint of step {start_step} in {ckpt_dir}")
+    state = dp.put_state(state)
     train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess)
     p_train_step, p_eval_step = dp.train_step(train_fn), dp.eval_step(eval_fn)
     batches = data_lib.train_iterator(train_ds, sizes["per_process"], seed=config.seed,
-                                      num_epochs=config.num_epochs,
+                                      num_epochs=config.num_epochs, start_step=start_step,
                                       process_index=jax.process_index(),
                                       process_count=sizes["processes"],
                                       num_threads=config.input_threads)
@@ -178,49 +274,97 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         f"device" + (f" in {config.grad_accum_steps} micro-batches of "
                      f"{sizes['per_device'] // config.grad_accum_steps}"
                      if config.grad_accum_steps > 1 else "") + f"; compute in {config.model.dtype}")
-    if workdir:
+    writer = None
+    if workdir and is_main:
         os.makedirs(workdir, exist_ok=True)
-        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        history_file = open(os.path.join(workdir, "metrics.jsonl"), "w")
-    history = []
-    start = time.perf_counter()
-    for epoch in range(1, config.num_epochs + 1):
-        epoch_start = time.perf_counter()
-        step_metrics = []
-        for _ in range(steps_per_epoch):
-            state, m = p_train_step(state, dp.put_batch(next(batches)))
-            step_metrics.append(m)
-        step_metrics = dp.fetch(step_metrics)  # one sync per epoch, not per step
-        losses = np.array([m["loss"] for m in step_metrics])
-        _check_finite(losses, (epoch - 1) * steps_per_epoch + 1, epoch, config)
-        train_seconds = time.perf_counter() - epoch_start
+        write_run_files(workdir, config.to_dict(), start_step)
+        writer = MetricWriter(workdir, resume_step=start_step)
+    progress = Progress(total_steps, start_step, batch_size=config.batch_size, log=log,
+                        interactive=None if is_main else False)
+    last_saved = start_step or None
+    test, pending, first_pending = None, [], start_step + 1
+    start = epoch_start = interval_start = time.perf_counter()
+    epoch_first_step = start_step
+    try:
+        with _StopSignals() as stop:
+            for step in range(start_step + 1, total_steps + 1):  # step: steps done after this one
+                state, m = p_train_step(state, dp.put_batch(next(batches)))
+                pending.append(m)
+                stopping = stop.received  # read once: a signal from here on waits a step
+                epoch_end = step % steps_per_epoch == 0
+                save = ckpt is not None and (epoch_end or stopping is not None or (
+                    config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0))
+                if len(pending) >= config.log_every_steps or save or epoch_end:
+                    fetched = dp.fetch(pending)  # one sync per interval, not per step
+                    _check_finite(fetched, first_pending, steps_per_epoch, config,
+                                  f"the last good checkpoint is step {last_saved} in "
+                                  f"{ckpt.directory}" if last_saved else "no checkpoint was saved")
+                    for m in fetched:
+                        epoch_sums = {"loss": epoch_sums["loss"] + float(m["loss"]),
+                                      "accuracy": epoch_sums["accuracy"] + float(m["accuracy"]),
+                                      "count": epoch_sums["count"] + 1}
+                    now = time.perf_counter()
+                    rate = len(fetched) / (now - interval_start)
+                    if writer:
+                        writer.write("steps", step, {
+                            "loss": float(np.mean([m["loss"] for m in fetched])),
+                            "accuracy": float(np.mean([m["accuracy"] for m in fetched])),
+                            "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                            "param_norm": float(fetched[-1]["param_norm"]),
+                            "learning_rate": float(schedule(step - 1)),
+                            "steps_per_second": rate,
+                            "images_per_second": rate * config.batch_size})
+                    progress.update(step, float(fetched[-1]["loss"]))
+                    pending, first_pending, interval_start = [], step + 1, now
+                record = None
+                if epoch_end:
+                    epoch = step // steps_per_epoch
+                    train_seconds = time.perf_counter() - epoch_start
+                    test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size,
+                                    config.input_threads, dp)
+                    record = _epoch_record(epoch, step, epoch_sums, test,
+                                           float(schedule(step - 1)),
+                                           (step - epoch_first_step) * config.batch_size
+                                           / train_seconds, time.perf_counter() - epoch_start)
+                    history.append(record)
+                    if writer:
+                        writer.write("metrics", step, {k: v for k, v in record.items()
+                                                       if k != "step"})
+                    progress.log(
+                        f"epoch {epoch:3d}/{config.num_epochs}  train loss "
+                        f"{record['train_loss']:.4f} acc {record['train_accuracy']:.2%}  |  test "
+                        f"loss {test['loss']:.4f} acc {test['accuracy']:.2%}  macro-F1 "
+                        f"{test['macro_f1']:.4f}  |  lr {record['learning_rate']:.4g}  "
+                        f"{record['train_images_per_second']:.0f} img/s  "
+                        f"{record['epoch_seconds']:.1f}s")
+                    epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+                    epoch_start = interval_start = time.perf_counter()
+                    epoch_first_step = step
+                if save:
+                    meta = {"config": config.to_dict(), "data": {"next_step": step},
+                            "epoch_sums": epoch_sums, "history": history}
+                    best = config.checkpoint.best_metric
+                    ckpt.save(step, state_tree(dp.get_state(state)), meta,
+                              metrics={best: record[best]} if record and best else None)
+                    last_saved = step
+                if stopping:
+                    ckpt_note = (f"saved a checkpoint at step {step} in {ckpt.directory}; run the "
+                                 "same command again to resume" if ckpt else
+                                 "no workdir, so nothing was saved")
+                    raise Preempted(f"Stopped by {stopping} after step {step}: {ckpt_note}.")
+    finally:
+        if ckpt:
+            ckpt.wait()
+            ckpt.close()
+        if writer:
+            writer.close()
+    if test is None:  # resumed after the last step: nothing left to train
         test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size, config.input_threads,
                         dp)
-        record = {
-            "epoch": epoch,
-            "step": epoch * steps_per_epoch,
-            "learning_rate": float(schedule(epoch * steps_per_epoch - 1)),
-            "train_loss": float(losses.mean()),
-            "train_accuracy": float(np.mean([m["accuracy"] for m in step_metrics])),
-            **{f"test_{k}": v for k, v in test.items()
-               if not k.startswith("per_class") and k != "confusion_matrix"},
-            "train_images_per_second": steps_per_epoch * config.batch_size / train_seconds,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        if workdir:
-            history_file.write(json.dumps(record) + "\n")
-            history_file.flush()
-        log(f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.2%}  |  test loss {test['loss']:.4f} "
-            f"acc {test['accuracy']:.2%}  macro-F1 {test['macro_f1']:.4f}  |  "
-            f"lr {record['learning_rate']:.4g}  {record['train_images_per_second']:.0f} img/s  "
-            f"{record['epoch_seconds']:.1f}s")
     elapsed = time.perf_counter() - start
-    log(f"done in {elapsed:.1f}s: test accuracy {history[-1]['test_accuracy']:.2%}")
-    if workdir:
-        history_file.close()
-        _write_json(os.path.join(workdir, "final_metrics.json"),
-                    {"epoch": config.num_epochs, "wall_seconds": elapsed,
-                     "class_names": list(test_ds.class_names), **test})
+    log(f"done in {elapsed:.1f}s: test accuracy {test['accuracy']:.2%}")
+    if workdir and is_main:
+        write_json(os.path.join(workdir, "final_metrics.json"),
+                   {"epoch": config.num_epochs, "step": total_steps, "wall_seconds": elapsed,
+                    "class_names": list(test_ds.class_names), **test})
     return dp.get_state(state), history

@@ -114,6 +114,7 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(state.params),  # non-finite if the update overflowed
     }
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)

@@ -1,0 +1,188 @@
+"""A hyperparameter sweep: one experiment config, several values of some of its keys, each
+trial trained in its own workdir, then a comparison table and plot.
+
+    python -m experiments.sweep --config experiments/configs/lenet5_digits.py \
+        --workdir runs/sweep_lr_bs \
+        --param optimizer.learning_rate=0.02,0.05 --param batch_size=16,32 \
+        --config.num_epochs=5
+
+Grid (the default): every combination of the listed values. Random: `--random N --seed S`
+draws N trials; a `--param` is then a list to pick from or a range,
+`key=uniform(a,b)` / `key=loguniform(a,b)` / `key=randint(a,b)` (b included).
+Other `--config.<key>=<value>` arguments apply to every trial.
+
+Trials run one after the other in this process, in `WORKDIR/<trial>/`. Rerunning the same
+command skips finished trials and resumes an interrupted one from its checkpoint. At the end:
+`WORKDIR/sweep.md`, `WORKDIR/sweep.csv` and `WORKDIR/sweep.png` (the chosen metric against each
+swept value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+
+from cnn_jax.config import get_value, load_config_file, parse_value, set_value
+
+RANGE = re.compile(r"^(uniform|loguniform|randint)\(([^,]+),([^,]+)\)$")
+
+
+def parse_param(spec: str, config) -> tuple[str, list | tuple]:
+    """'key=v1,v2' -> (key, [values]); 'key=uniform(a,b)' -> (key, ('uniform', a, b))."""
+    if "=" not in spec:
+        raise ValueError(f"--param {spec!r}: expected key=value1,value2,...")
+    key, values = spec.split("=", 1)
+    current = get_value(config, key)
+    match = RANGE.match(values.replace(" ", ""))
+    if match:
+        kind, low, high = match.groups()
+        return key, (kind, float(low), float(high))
+    try:
+        return key, [parse_value(text, current) for text in values.split(",")]
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"--param {key}: {e} (config.{key} is a "
+                         f"{type(current).__name__}).") from None
+
+
+def trials(params: list[tuple[str, list | tuple]], random: int, seed: int) -> list[dict]:
+    """The trials' values: the grid, or `random` draws (the same ones for the same seed)."""
+    if not random:
+        ranges = [k for k, v in params if isinstance(v, tuple)]
+        if ranges:
+            raise ValueError(f"Ranges ({', '.join(ranges)}) need --random N.")
+        return [dict(zip([k for k, _ in params], combo))
+                for combo in itertools.product(*[v for _, v in params])]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(random):
+        trial = {}
+        for key, values in params:
+            if isinstance(values, list):
+                trial[key] = values[rng.integers(len(values))]
+            elif values[0] == "uniform":
+                trial[key] = float(rng.uniform(values[1], values[2]))
+            elif values[0] == "loguniform":
+                trial[key] = float(math.exp(rng.uniform(math.log(values[1]), math.log(values[2]))))
+            else:
+                trial[key] = int(rng.integers(int(values[1]), int(values[2]) + 1))
+        draws.append(trial)
+    return draws
+
+
+def trial_name(index: int, values: dict) -> str:
+    text = "_".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else
+                    f"{k.split('.')[-1]}={v}" for k, v in values.items())
+    return f"{index:03d}_" + re.sub(r"[^\w.=+-]", "-", text)
+
+
+def write_results(workdir: str, rows: list[dict], keys: list[str], metric: str,
+                  higher_is_better: bool) -> list[str]:
+    columns = ["trial", *keys, metric, "best_" + metric, "train_loss", "wall_seconds"]
+    csv_path = os.path.join(workdir, "sweep.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    order = sorted(rows, key=lambda r: r[metric], reverse=higher_is_better)
+    md = [f"# Sweep: {len(rows)} trials, sorted by {metric}", "",
+          "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in order:
+        md.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                                    for c in columns) + " |")
+    md_path = os.path.join(workdir, "sweep.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(md) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        xs = [row[key] for row in rows]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        positions = xs if numeric else [sorted(set(map(str, xs))).index(str(x)) for x in xs]
+        ax.scatter(positions, [row[metric] for row in rows])
+        if numeric and min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(set(map(str, xs)))), sorted(set(map(str, xs))))
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png_path = os.path.join(workdir, "sweep.png")
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return [md_path, csv_path, png_path]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--config", required=True, help="experiment config file")
+    parser.add_argument("--workdir", required=True, help="the sweep's directory")
+    parser.add_argument("--param", action="append", required=True,
+                        help="key=v1,v2,... (or a range with --random); repeat per key")
+    parser.add_argument("--random", type=int, default=0, help="draw N random trials")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    parser.add_argument("--metric", default="test_accuracy",
+                        help="final-epoch metric to compare (a key of metrics.jsonl)")
+    parser.add_argument("--mode", choices=("max", "min"), default="max")
+    args, rest = parser.parse_known_args(argv)
+    from cnn_jax.train import train_and_evaluate  # after parsing: --help needs no JAX
+
+    try:
+        base = load_config_file(args.config)
+        for arg in rest:
+            match = re.fullmatch(r"--config\.([\w.]+)=(.*)", arg)
+            if not match:
+                raise ValueError(f"Unexpected argument {arg!r}; expected --config.<key>=<value>.")
+            set_value(base, match.group(1), match.group(2))
+        params = [parse_param(p, base) for p in args.param]
+        chosen = trials(params, args.random, args.seed)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
+        return 2
+    keys = [k for k, _ in params]
+    os.makedirs(args.workdir, exist_ok=True)
+    rows = []
+    for i, values in enumerate(chosen):
+        name = trial_name(i, values)
+        trial_dir = os.path.join(args.workdir, name)
+        final_path = os.path.join(trial_dir, "final_metrics.json")
+        config = base.copy_and_resolve_references()
+        for key, value in values.items():
+            set_value(config, key, value)
+        if os.path.exists(final_path):
+            print(f"[{i + 1}/{len(chosen)}] {name}: finished before, skipped", flush=True)
+        else:
+            print(f"[{i + 1}/{len(chosen)}] {name}: training", flush=True)
+            train_and_evaluate(config, trial_dir,
+                               log=lambda message, n=name: print(f"  {n}: {message}", flush=True))
+        with open(os.path.join(trial_dir, "metrics.jsonl")) as f:
+            epochs = [json.loads(line) for line in f if line.strip()]
+        if args.metric not in epochs[-1]:
+            print(f"error: no metric {args.metric!r}; valid: {', '.join(sorted(epochs[-1]))}",
+                  file=sys.stderr)
+            return 2
+        pick = max if args.mode == "max" else min
+        rows.append({"trial": name, **values, args.metric: epochs[-1][args.metric],
+                     "best_" + args.metric: pick(e[args.metric] for e in epochs),
+                     "train_loss": epochs[-1]["train_loss"],
+                     "wall_seconds": sum(e["epoch_seconds"] for e in epochs)})
+    for path in write_results(args.workdir, rows, keys, args.metric, args.mode == "max"):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
