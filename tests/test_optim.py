@@ -1,7 +1,6 @@
 """Optimizers and schedules against their textbook update rules, written out in NumPy."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -1,6 +1,5 @@
 """The train step: pure, compiled once, right in train vs eval, and able to learn."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

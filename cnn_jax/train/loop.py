@@ -184,6 +184,37 @@ def _epoch_record(epoch: int, step: int, sums: dict, test: dict, learning_rate: 
     }
 
 
+def _resume(config, workdir: str | None, state: TrainState, is_main: bool, log: Callable
+            ) -> tuple[Checkpointer | None, TrainState, int, dict, list[dict]]:
+    """The checkpointer of `workdir` (None without one) and where training starts: the fresh
+    `state` at step 0, or the latest good checkpoint's state, step, epoch sums and history
+    if the workdir holds a run of this config."""
+    epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
+    if not workdir:
+        return None, state, 0, epoch_sums, []
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    saved_config = os.path.join(workdir, "config.json")
+    if os.path.isdir(ckpt_dir) and not config.resume:
+        if is_main:
+            log(f"resume=False: discarding the checkpoints in {ckpt_dir}")
+            shutil.rmtree(ckpt_dir)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("cnn_jax: old checkpoints discarded")
+    elif os.path.isdir(ckpt_dir) and os.path.exists(saved_config):
+        with open(saved_config) as f:
+            check_same_run(json.load(f), config.to_dict(), workdir)
+    ckpt = Checkpointer(ckpt_dir, keep=config.checkpoint.keep,
+                        best_metric=config.checkpoint.best_metric,
+                        best_mode=config.checkpoint.best_mode)
+    restored = ckpt.restore_latest(state_tree(state))
+    if not restored:
+        return ckpt, state, 0, epoch_sums, []
+    tree, meta = restored
+    check_same_run(meta["config"], config.to_dict(), workdir)
+    log(f"Resuming from the checkpoint of step {meta['step']} in {ckpt_dir}")
+    return ckpt, with_tree(state, tree), meta["step"], meta["epoch_sums"], meta["history"]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        log: Callable[[str], None] = functools.partial(print, flush=True)
                        ) -> tuple[TrainState, list[dict]]:
@@ -230,31 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     tx = make_optimizer(config.optimizer, schedule)
     state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
 
-    # Resume from the workdir's latest good checkpoint, if it holds a run of this config.
-    ckpt, start_step, history = None, 0, []
-    epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
-    if workdir:
-        ckpt_dir = os.path.join(workdir, "checkpoints")
-        saved_config = os.path.join(workdir, "config.json")
-        if os.path.isdir(ckpt_dir) and not config.resume:
-            if is_main:
-                log(f"resume=False: discarding the checkpoints in {ckpt_dir}")
-                shutil.rmtree(ckpt_dir)
-            if jax.process_count() > 1:
-                multihost_utils.sync_global_devices("cnn_jax: old checkpoints discarded")
-        elif os.path.isdir(ckpt_dir) and os.path.exists(saved_config):
-            with open(saved_config) as f:
-                check_same_run(json.load(f), config.to_dict(), workdir)
-        ckpt = Checkpointer(ckpt_dir, keep=config.checkpoint.keep,
-                            best_metric=config.checkpoint.best_metric,
-                            best_mode=config.checkpoint.best_mode)
-        restored = ckpt.restore_latest(state_tree(state))
-        if restored:
-            tree, meta = restored
-            check_same_run(meta["config"], config.to_dict(), workdir)
-            state, start_step = with_tree(state, tree), meta["step"]
-            epoch_sums, history = meta["epoch_sums"], meta["history"]
-            log(f"Resuming from the checkpoint of step {start_step} in {ckpt_dir}")
+    ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log)
     state = dp.put_state(state)
     train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess)
     p_train_step, p_eval_step = dp.train_step(train_fn), dp.eval_step(eval_fn)
