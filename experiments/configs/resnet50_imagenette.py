@@ -15,27 +15,10 @@ about 91-92% top-1 on the 3,925 validation images. Public from-scratch Imagenett
 92.5%); this config has not yet been measured against them.
 """
 
-from cnn_jax.config import default_config
+from experiments.configs import resnet18_imagenette
 
 
 def get_config():
-    config = default_config()
-    config.dataset.name = "imagenette"
-    config.dataset.data_dir = ""  # empty: TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-    config.dataset.image_size = 144
+    config = resnet18_imagenette.get_config()  # the same recipe, the deeper network
     config.model.name = "resnet50"
-    config.num_epochs = 40
-    config.batch_size = 128
-    config.eval_batch_size = 250
-    config.label_smoothing = 0.1
-    config.train_transforms = "random_resized_crop(128, scale=(0.35, 1.0))|hflip|normalize"
-    config.eval_transforms = "center_crop(128)|normalize"
-    config.input_threads = 8  # JPEG decoding and resizing happen on the host
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.2
-    config.optimizer.momentum = 0.9
-    config.optimizer.nesterov = True
-    config.optimizer.weight_decay = 5e-5
-    config.schedule.name = "cosine"
-    config.schedule.warmup_epochs = 2.0
     return config
