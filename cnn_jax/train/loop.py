@@ -156,6 +156,19 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def _stop_requested(stop: _StopSignals, step: int, every: int) -> str | None:
+    """The signal to stop on after `step`, read once (one arriving later waits a step). With
+    several processes they must stop at the same step: they agree every `every` steps,
+    stopping if any of them was signalled."""
+    if jax.process_count() == 1:
+        return stop.received
+    if step % every:
+        return None
+    received = stop.received
+    anyone = multihost_utils.process_allgather(np.int32(received is not None))
+    return received or ("a signal to another process" if np.any(anyone) else None)
+
+
 def _check_finite(step_metrics: list[dict], first_step: int, steps_per_epoch: int, config,
                   last_checkpoint: str) -> None:
     for i, m in enumerate(step_metrics):
@@ -297,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
             for step in range(start_step + 1, total_steps + 1):  # step: steps done after this one
                 state, m = p_train_step(state, dp.put_batch(next(batches)))
                 pending.append(m)
-                stopping = stop.received  # read once: a signal from here on waits a step
+                stopping = _stop_requested(stop, step, config.log_every_steps)
                 epoch_end = step % steps_per_epoch == 0
                 save = ckpt is not None and (epoch_end or stopping is not None or (
                     config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0))
