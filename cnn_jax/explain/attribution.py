@@ -27,8 +27,9 @@ from cnn_jax.explain.capture import (check_images, input_gradient, layer_gradien
 
 
 def _chunked_weighted_sum(fn: Callable, xs: jax.Array, weights: jax.Array, chunk: int):
-    """sum_i weights[i] * fn(xs[i]), evaluated `chunk` items at a time (vmap inside a scan),
-    so memory holds one chunk, not every item."""
+    """sum_i weights[i] * fn(xs)[i], where `fn` maps a chunk of items (k, ...) to their
+    values (k, ...) in one go; `chunk` items at a time (a scan over chunks), so memory holds
+    one chunk, not every item."""
     n = xs.shape[0]
     chunk = max(1, min(chunk, n))
     pad = -n % chunk
@@ -36,15 +37,25 @@ def _chunked_weighted_sum(fn: Callable, xs: jax.Array, weights: jax.Array, chunk
     weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
     xs = xs.reshape(-1, chunk, *xs.shape[1:])
     weights = weights.reshape(-1, chunk)
+    if xs.shape[0] == 1:   # one chunk: no loop
+        return jnp.tensordot(weights[0], fn(xs[0]).astype(jnp.float32), axes=1)
 
     def body(total, item):
         x, w = item
-        values = jax.vmap(fn)(x)
-        return total + jnp.tensordot(w, values, axes=1), None
+        return total + jnp.tensordot(w, fn(x).astype(jnp.float32), axes=1), None
 
-    shape = jax.eval_shape(fn, xs[0, 0])
-    total, _ = jax.lax.scan(body, jnp.zeros(shape.shape, jnp.float32), (xs, weights))
+    shape = jax.eval_shape(fn, xs[0]).shape[1:]
+    total, _ = jax.lax.scan(body, jnp.zeros(shape, jnp.float32), (xs, weights))
     return total
+
+
+def _batched_input_gradient(model, variables, images: jax.Array, targets: jax.Array):
+    """Input gradients of k variants of the batch (k, N, H, W, C) in one pass: the variants
+    are folded into the batch axis (examples are independent in evaluation mode)."""
+    k, n = images.shape[:2]
+    grads = input_gradient(model, variables, images.reshape(k * n, *images.shape[2:]),
+                           jnp.tile(targets, k))
+    return grads.reshape(images.shape)
 
 
 def _as_float(images: jax.Array, what: str) -> jax.Array:
@@ -83,13 +94,14 @@ def smoothgrad(model: nn.Module, variables: Any, images: jax.Array, key: jax.Arr
     span = jnp.max(images, axis=(1, 2, 3), keepdims=True) - jnp.min(images, axis=(1, 2, 3),
                                                                     keepdims=True)
 
-    def noisy_gradient(key):
-        noise = jax.random.normal(key, images.shape) * noise_level * span
-        return input_gradient(model, variables, images + noise, targets)
+    def noisy_gradients(keys):
+        noise = jax.vmap(lambda key: jax.random.normal(key, images.shape))(keys)
+        return _batched_input_gradient(model, variables, images + noise * noise_level * span,
+                                       targets)
 
     keys = jax.random.split(key, num_samples)
     weights = jnp.full((num_samples,), 1.0 / num_samples)
-    mean_grad = _chunked_weighted_sum(noisy_gradient, keys, weights, chunk)
+    mean_grad = _chunked_weighted_sum(noisy_gradients, keys, weights, chunk)
     return jnp.max(jnp.abs(mean_grad), axis=-1)
 
 
@@ -112,10 +124,11 @@ def integrated_gradients(model: nn.Module, variables: Any, images: jax.Array,
     alphas = jnp.linspace(0.0, 1.0, steps + 1)
     weights = jnp.full((steps + 1,), 1.0 / steps).at[0].mul(0.5).at[-1].mul(0.5)
 
-    def gradient_at(alpha):
-        return input_gradient(model, variables, baseline + alpha * (images - baseline), targets)
+    def gradients_at(alphas):
+        path = baseline + alphas[:, None, None, None, None] * (images - baseline)
+        return _batched_input_gradient(model, variables, path, targets)
 
-    mean_grad = _chunked_weighted_sum(gradient_at, alphas, weights, chunk)
+    mean_grad = _chunked_weighted_sum(gradients_at, alphas, weights, chunk)
     return (images - baseline) * mean_grad
 
 
@@ -176,12 +189,14 @@ def occlusion(model: nn.Module, variables: Any, images: jax.Array,
         masks[k, i:i + patch, j:j + patch] = 1.0
     masks = jnp.asarray(masks)
 
-    def drop_map(mask):
-        hidden = jnp.where(mask[None, :, :, None] > 0, value, images)
-        drop = clean - target_scores(predict(model, variables, hidden), targets)
-        return drop[:, None, None] * mask[None]
+    def drop_maps(masks):   # (k, H, W) -> (k, N, H, W)
+        hidden = jnp.where(masks[:, None, :, :, None] > 0, value, images)    # (k, N, H, W, C)
+        k = masks.shape[0]
+        logits = predict(model, variables, hidden.reshape(k * n, *images.shape[1:]))
+        drop = clean - target_scores(logits, jnp.tile(targets, k)).reshape(k, n)
+        return drop[:, :, None, None] * masks[:, None]
 
-    total = _chunked_weighted_sum(drop_map, masks, jnp.ones((len(windows),)), chunk)
+    total = _chunked_weighted_sum(drop_maps, masks, jnp.ones((len(windows),)), chunk)
     return total / jnp.sum(masks, axis=0)[None]
 
 

@@ -16,12 +16,16 @@ import os
 import numpy as np
 
 
-def normalize(maps, axis=None) -> np.ndarray:
-    """Min-max scaled to [0, 1] over `axis` (default: the whole array); a constant gives 0."""
+def normalize(maps, axis=None, clip: float = 1.0) -> np.ndarray:
+    """Scaled to [0, 1] over `axis` (default: the whole array), from the minimum to the
+    `clip` quantile (1.0: the maximum; values above it become 1); a constant gives 0."""
     maps = np.asarray(maps, np.float32)
     lo = maps.min(axis=axis, keepdims=True)
-    span = maps.max(axis=axis, keepdims=True) - lo
-    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0.0).astype(np.float32)
+    hi = maps.max(axis=axis, keepdims=True) if clip >= 1 else np.quantile(
+        maps, clip, axis=axis, keepdims=True)
+    span = hi - lo
+    scaled = np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0.0)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
 def to_rgb(image) -> np.ndarray:
@@ -36,22 +40,26 @@ def to_rgb(image) -> np.ndarray:
     return np.round(image * 255).astype(np.uint8)
 
 
-def colorize(heatmap, cmap: str = "jet") -> np.ndarray:
-    """An (H, W) map, min-max scaled, through a matplotlib colour map: (H, W, 3) uint8."""
+def colorize(heatmap, cmap: str = "jet", clip: float = 0.99) -> np.ndarray:
+    """An (H, W) map through a matplotlib colour map, scaled from its minimum to its `clip`
+    quantile (so that a few extreme pixels of a gradient map do not wash out the rest):
+    (H, W, 3) uint8."""
     from matplotlib import colormaps
-    rgb = colormaps[cmap](normalize(heatmap))[..., :3]
+    rgb = colormaps[cmap](normalize(heatmap, clip=clip))[..., :3]
     return np.round(rgb * 255).astype(np.uint8)
 
 
-def overlay(image, heatmap, alpha: float = 0.6, cmap: str = "jet") -> np.ndarray:
+def overlay(image, heatmap, alpha: float = 0.6, cmap: str = "jet", clip: float = 0.99
+            ) -> np.ndarray:
     """The heat map (H, W) over the image (H, W, C): each pixel blends towards the colour of
-    the map in proportion to its value, so unimportant pixels show the image. (H, W, 3) uint8."""
+    the map in proportion to its (scaled, as `colorize`) value, so unimportant pixels show
+    the image. (H, W, 3) uint8."""
     heatmap = np.asarray(heatmap)
     if heatmap.shape != np.asarray(image).shape[:2]:
         raise ValueError(f"The heat map {heatmap.shape} must match the image's height and width "
                          f"{np.asarray(image).shape[:2]}.")
-    weight = alpha * normalize(heatmap)[..., None]
-    blended = (1 - weight) * to_rgb(image) + weight * colorize(heatmap, cmap)
+    weight = alpha * normalize(heatmap, clip=clip)[..., None]
+    blended = (1 - weight) * to_rgb(image) + weight * colorize(heatmap, cmap, clip)
     return np.round(blended).astype(np.uint8)
 
 
