@@ -187,7 +187,7 @@ def run(args) -> list[str]:
                            ex.filter_grid(kernel))
         print(f"{name}: {kernel.shape[-1]} filters {kernel.shape[:3]} -> {path}")
         return [path]
-    logits = ex.forward(model, variables, images)[0]
+    logits = jax.jit(lambda v, x: ex.forward(model, v, x)[0])(variables, images)
     predicted = np.asarray(jnp.argmax(logits, -1))
     probs = np.asarray(jax.nn.softmax(logits))
     target = parse_target(args.target, dataset.class_names)

@@ -86,7 +86,8 @@ def smoothgrad(model: nn.Module, variables: Any, images: jax.Array, key: jax.Arr
                noise_level: float = 0.15, chunk: int = 8) -> jax.Array:
     """SmoothGrad (Smilkov et al., 2017): the input gradient averaged over `num_samples` noisy
     copies of each image (Gaussian, std = `noise_level` x the image's value range), reduced
-    like `saliency`: (N, H, W), >= 0. The target is the clean image's."""
+    like `saliency`: (N, H, W), >= 0. The target is the clean image's. `chunk` noisy copies
+    of the batch go through the model at once (memory against speed)."""
     images = _as_float(images, "smoothgrad")
     if num_samples < 1:
         raise ValueError(f"smoothgrad: num_samples must be >= 1, got {num_samples}.")
@@ -115,7 +116,8 @@ def integrated_gradients(model: nn.Module, variables: Any, images: jax.Array,
     the images; 0 is black, or the dataset mean after `normalize`) to x. The path integral is
     the trapezoidal rule over `steps` intervals (steps + 1 gradients). (N, H, W, C), signed;
     the attributions of an image sum to logit(x) - logit(baseline) up to the integration
-    error (completeness), which shrinks as `steps` grows."""
+    error (completeness), which shrinks as `steps` grows. `chunk` points of the path go
+    through the model at once."""
     images = _as_float(images, "integrated_gradients")
     if steps < 1:
         raise ValueError(f"integrated_gradients: steps must be >= 1, got {steps}.")
@@ -177,7 +179,9 @@ def occlusion(model: nn.Module, variables: Any, images: jax.Array,
               value: float = 0.0, chunk: int = 16) -> jax.Array:
     """Occlusion sensitivity (Zeiler & Fergus, 2014): a `patch` x `patch` square of `value`
     slides over the image by `stride`; each pixel gets the mean drop of the target logit over
-    the patches covering it. (N, H, W), signed: > 0 where hiding the pixel lowers the score."""
+    the patches covering it. (N, H, W), signed: > 0 where hiding the pixel lowers the score.
+    `value` 0 is black on [0, 1] images, the dataset mean after `normalize`; `chunk` patch
+    positions are evaluated at once."""
     images = _as_float(images, "occlusion")
     n, height, width, _ = images.shape
     logits = predict(model, variables, images)
