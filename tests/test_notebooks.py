@@ -20,6 +20,7 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # Notebook file name -> source that replaces its `parameters` cell in the test.
 SMALL_SETTINGS = {
     "01_building_blocks.ipynb": "NUM_STEPS = 20",
+    "04_explainability.ipynb": "NUM_STEPS = 30",
 }
 
 

@@ -145,10 +145,9 @@ def restore_variables(workdir: str, step: int | None = None, *, best: bool = Fal
         raise FileNotFoundError(f"{workdir} holds no checkpoints ({directory} does not exist); "
                                 "train with `python -m experiments.train --workdir "
                                 f"{workdir} ...` first.")
-    config = _read_json(os.path.join(workdir, "config.json"))
-    ckpt = Checkpointer(directory, read_only=True,
-                        best_metric=config["checkpoint"]["best_metric"] if best else "",
-                        best_mode=config["checkpoint"]["best_mode"])
+    options = _read_json(os.path.join(workdir, "config.json")).get("checkpoint", {}) if best else {}
+    ckpt = Checkpointer(directory, read_only=True, best_metric=options.get("best_metric", ""),
+                        best_mode=options.get("best_mode", "max"))
     try:
         steps = ckpt.steps()
         if not steps:
