@@ -33,6 +33,7 @@ from cnn_jax.models import get_model, model_options
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.parallel import DataParallel, check_batch_sizes
 from cnn_jax.train.step import TrainState, create_train_state, eval_step, train_step
+from cnn_jax.transfer.setup import setup_transfer
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -159,7 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     schedule = make_schedule(config.schedule, config.optimizer.learning_rate, total_steps,
                              steps_per_epoch)
     tx = make_optimizer(config.optimizer, schedule)
-    state = dp.put_state(create_train_state(model, tx, jax.random.key(config.seed), input_shape))
+    state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
+    state = setup_transfer(config, state, schedule, log)  # config.transfer; a no-op by default
+    state = dp.put_state(state)
     train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess)
     p_train_step, p_eval_step = dp.train_step(train_fn), dp.eval_step(eval_fn)
     batches = data_lib.train_iterator(train_ds, sizes["per_process"], seed=config.seed,
