@@ -255,8 +255,8 @@ def to_torchvision(variables: Mapping[str, Any], model_name: str) -> dict[str, n
     key order; `num_batches_tracked` is 0 for every BatchNorm."""
     table = torchvision_keys(model_name, variables)
     flat = flatten(variables)
-    state = {tk.key: np.asarray(to_torch_layout(np.asarray(flat[path]), tk))
-             for path, tk in table.items()}
+    state = {tk.key: np.array(to_torch_layout(np.asarray(flat[path]), tk), order="C")
+             for path, tk in table.items()}  # writable copies: torch.from_numpy takes them
     for path, tk in table.items():
         if path[0] == "batch_stats" and path[-1] == "mean":
             state[tk.key.rpartition(".")[0] + ".num_batches_tracked"] = np.array(0, np.int64)
@@ -371,9 +371,16 @@ def import_torchvision(weights: str | Mapping[str, Any], model_name: str, *,
     state_dict = load_state_dict(weights) if isinstance(weights, (str, os.PathLike)) else weights
     model = get_model(model_name, num_classes=num_classes, **model_kwargs)
     shape = input_shape or model_input_shape(model_name)
-    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, *shape), jnp.float32)))
+    def init(key):
+        return model.init(key, jnp.zeros((1, *shape), jnp.float32))
+
     key = rng if rng is not None else jax.random.key(0)
-    target = init(key) if reinit else jax.eval_shape(init, key)
+    shapes = flatten(jax.eval_shape(init, key))
+    is_reinit = matcher(reinit)
+    fresh = [path for path in shapes if is_reinit(leaf_name(path))]
+    # Only the re-initialized arrays are computed (XLA drops the rest of the initialization).
+    values = jax.jit(lambda key: {p: flatten(init(key))[p] for p in fresh})(key) if fresh else {}
+    target = unflatten({**shapes, **values})
     variables, report = from_torchvision(state_dict, model_name, target, reinit=reinit)
     if isinstance(weights, (str, os.PathLike)):
         report.source = os.fspath(weights)
