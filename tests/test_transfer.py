@@ -482,19 +482,27 @@ def digits_config(classes, **transfer):
     return config
 
 
-def test_config_transfer_through_the_training_loop(tmp_path):
-    """Pretrain on digits 0-4, save (the placeholder checkpoint), then train on 5-9 from it
-    with the backbone frozen: the backbone leaves the run bit-identical to the checkpoint."""
-    config = digits_config("0-4")
-    state, _ = train_and_evaluate(config, str(tmp_path / "pretrain"), log=lambda s: None)
-    save_variables(str(tmp_path / "pretrain"), {"params": state.params})
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """A LeNet-5 run on digits 0-4 (one epoch), its variables saved (the placeholder
+    checkpoint)."""
+    workdir = str(tmp_path_factory.mktemp("runs") / "pretrain")
+    state, _ = train_and_evaluate(digits_config("0-4"), workdir, log=lambda s: None)
+    save_variables(workdir, {"params": state.params})
+    return workdir, state.params
+
+
+def test_config_transfer_through_the_training_loop(tmp_path, pretrained_run):
+    """Train on digits 5-9 from the 0-4 run with the backbone frozen: the backbone leaves the
+    run bit-identical to the checkpoint."""
+    workdir, source_params = pretrained_run
     lines = []
-    config = digits_config("5-9", init_from=str(tmp_path / "pretrain"), freeze="backbone")
+    config = digits_config("5-9", init_from=workdir, freeze="backbone")
     config.dataset.train_per_class = 20
     config.num_epochs = 3
     tuned, history = train_and_evaluate(config, str(tmp_path / "tuned"), log=lines.append)
     assert len(history) == 3
-    source = flat(state.params)
+    source = flat(source_params)
     for name, value in flat(tuned.params).items():
         assert same(value, source[name]) != name.startswith("head/"), name
     log = "\n".join(lines)
@@ -502,6 +510,23 @@ def test_config_transfer_through_the_training_loop(tmp_path):
     assert "re-initialized 2: params/head/bias, params/head/kernel" in log
     assert "transfer: 60,856 of 61,281 parameters frozen for the whole run (8 arrays); 425 train" in log
     assert json.load(open(tmp_path / "tuned" / "config.json"))["transfer"]["freeze"] == "backbone"
+
+
+def test_features_command_writes_features_and_probes(pretrained_run, tmp_path, capsys):
+    from experiments import features
+
+    workdir, params = pretrained_run
+    out = tmp_path / "f.npz"
+    result = features.main(["--workdir", workdir, "--layer", "C5", "--out", str(out), "--probe"])
+    with np.load(out) as saved:
+        assert saved["train_features"].shape == (len(get_dataset("subset", "train", base="digits",
+                                                                  classes="0-4")), 120)
+        assert saved["test_labels"].max() == 4 and str(saved["layer"]) == "C5"
+    assert result["probe_test_accuracy"] > 0.5
+    assert "linear probe: train accuracy" in capsys.readouterr().out
+    features.main(["--workdir", workdir, "--list_layers"])
+    assert capsys.readouterr().out.split() == ["penultimate", "C1", "C1/conv", "C3", "C3/conv",
+                                               "C5", "C5/conv", "F6", "F6/dense", "head"]
 
 
 @pytest.mark.parametrize("transfer,match", [

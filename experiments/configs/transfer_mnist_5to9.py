@@ -23,8 +23,9 @@ serve 5-9 worse than a random network's (a linear probe on them is less accurate
 fine-tuning ends level with or below training from scratch.
 """
 from cnn_jax.config import default_config
-from experiments.configs.transfer_digits import ARMS, set_arm  # noqa: F401
+from experiments.configs.transfer_digits import ARMS, set_arm
 
+__all__ = ["ARMS", "get_config"]
 PRETRAIN_DIR = "runs/transfer/mnist_5to9/pretrain"
 
 
