@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import jax
 import numpy as np
@@ -170,7 +170,3 @@ def load_pretrained(target: Mapping[str, Any], source: Mapping[str, Any], *,
             "classes) keep the model's initialization and ignore the source's arrays.")
     return unflatten(out), report
 
-
-def count_values(variables: Mapping[str, Any], names: Iterable[str]) -> int:
-    flat = {full_name(p): v for p, v in flatten(variables).items()}
-    return sum(int(np.size(flat[n])) for n in names if n in flat)
