@@ -73,6 +73,17 @@ def default_config() -> ml_collections.ConfigDict:
         "div_factor": 25.0,       # one_cycle
         "final_div_factor": 1e4,  # one_cycle
     })
+    # Transfer learning (README "Transfer learning", cnn_jax/transfer/setup.py). Patterns are
+    # comma-separated regular expressions on parameter names such as "layer1_0/conv1/conv/kernel";
+    # "backbone" is every parameter `head` does not name.
+    config.transfer = ml_collections.ConfigDict({
+        "init_from": "",          # "" | a cnn_jax run's workdir | a torchvision .pth/.safetensors file
+        "head": "head",           # the classifier: re-initialized when loading
+        "freeze": "",             # parameters not trained, e.g. "backbone"
+        "unfreeze_after_steps": 0,  # 0: frozen for the whole run; N: trained from step N on
+        "lr_multipliers": "",     # "pattern=m,...", e.g. "backbone=0.1"; the first match wins
+        "freeze_batch_norm": "frozen_parts",  # frozen_parts | none | all: BatchNorm in inference mode
+    })
     return config
 
 

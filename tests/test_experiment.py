@@ -111,7 +111,8 @@ def test_config_files_build_and_trace_on_mock_data(path, tmp_path):
             for i in range(3):
                 Image.new("RGB", (40, 30), (i * 80, 40 + i, 200 - i)).save(tmp_path / c / f"{i}.png")
         options["root"] = str(tmp_path)
-    with tfds.testing.mock_data(num_examples=4):
+    # A class subset needs enough mock examples to hold some of its classes.
+    with tfds.testing.mock_data(num_examples=64 if config.dataset.name == "subset" else 4):
         ds = data_lib.get_dataset(config.dataset.name, "train", **options)
     stats = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
     train_pre = make_preprocess(config.train_transforms, **stats)

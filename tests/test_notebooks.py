@@ -21,6 +21,8 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 SMALL_SETTINGS = {
     "01_building_blocks.ipynb": "NUM_STEPS = 20",
     "04_explainability.ipynb": "NUM_STEPS = 30",
+    "03_transfer_learning.ipynb": ("NUM_SYNTHETIC = 200\nPRETRAIN_STEPS = 10\nLABELS_PER_CLASS = 3\n"
+                                   "FINETUNE_STEPS = 6\nDRAWS = 1"),
 }
 
 

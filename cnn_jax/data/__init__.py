@@ -5,6 +5,7 @@
 | digits | scikit-learn's 8x8 digits, embedded (no download) | image_size |
 | mnist, fashion_mnist, cifar10, cifar100, imagenette, imagenet2012 | TFDS, prepared once with `python -m cnn_jax.data.prepare NAME` | data_dir, image_size |
 | image_folder | `root/<class>/*.{png,jpg,jpeg}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify |
+| subset | some classes of another dataset, relabeled, optionally few training examples each | base, classes, train_per_class, subset_seed, data_dir, image_size |
 
 To add a dataset: write a loader `load(split, **options) -> Dataset` in this folder and add it
 to `DATASETS`.
@@ -21,12 +22,14 @@ from cnn_jax.data.digits import load_digits
 from cnn_jax.data.image_folder import load_image_folder
 from cnn_jax.data.pipeline import (eval_batches, split_for_devices, steps_per_epoch, train_dataset,
                                    train_iterator)
+from cnn_jax.data.subset import load_subset
 from cnn_jax.data.tfds_datasets import TFDS_DATASETS, load_tfds
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": load_digits,
     "image_folder": load_image_folder,
     **{name: functools.partial(load_tfds, name=name) for name in TFDS_DATASETS},
+    "subset": load_subset,
 }
 
 

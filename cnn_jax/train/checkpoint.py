@@ -187,3 +187,21 @@ def with_tree(state, tree: dict):
                          batch_stats=tree["batch_stats"], opt_state=tree["opt_state"],
                          rng=jax.random.wrap_key_data(tree["rng"],
                                                       impl=jax.random.key_impl(state.rng)))
+
+
+def save_variables(workdir: str, variables: dict, config: Any = None, step: int = 0) -> None:
+    """Saves model `variables` (and the run's `config`, a dict or ConfigDict) as a checkpoint
+    of `workdir` that `restore_variables` reads: for weights made outside the training loop."""
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    os.makedirs(workdir, exist_ok=True)
+    if config:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        ckpt.save(step, jax.device_get({"params": variables["params"],
+                                        "batch_stats": variables.get("batch_stats", {})}),
+                  {"config": config})
+        ckpt.wait()
+    finally:
+        ckpt.close()

@@ -52,6 +52,7 @@ from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.parallel import DataParallel, check_batch_sizes
 from cnn_jax.train.step import TrainState, create_train_state, eval_step, train_step
 from cnn_jax.train.workdir import check_same_run, write_json, write_run_files
+from cnn_jax.transfer.setup import setup_transfer
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -273,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                              steps_per_epoch)
     tx = make_optimizer(config.optimizer, schedule)
     state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
+    state = setup_transfer(config, state, schedule, log)  # config.transfer; a no-op by default
 
     ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log)
     state = dp.put_state(state)
