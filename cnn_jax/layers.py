@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cnn_jax import ops
+
 Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
 IntOrPair = Union[int, Sequence[int]]
 
@@ -172,7 +174,8 @@ class ConvBlock(nn.Module):
         x = nn.Conv(self.features, kernel, strides=strides, padding=padding,
                     kernel_dilation=dilation, feature_group_count=groups, use_bias=use_bias,
                     kernel_init=self.kernel_init, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="conv")(x)
+                    param_dtype=self.param_dtype, conv_general_dilated=ops.conv_general_dilated,
+                    name="conv")(x)
         norm = make_norm(self.norm, train=train, features=self.features, dtype=self.dtype,
                          param_dtype=self.param_dtype, scale_init=self.norm_scale_init,
                          axis_name=self.norm_axis_name)
@@ -210,9 +213,14 @@ def _pool_args(x, window, strides, padding, what):
 
 def max_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None,
              padding: Padding = "VALID") -> jax.Array:
-    """Max over each window; padded positions never win (they are -inf)."""
+    """Max over each window; padded positions never win (they are -inf). The gradient goes to
+    the first maximum of each window, as in PyTorch; `ops.max_pool` computes it fast on CPU."""
     window, strides, padding = _pool_args(x, window, strides, padding, "max_pool")
-    return nn.max_pool(x, window, strides=strides, padding=padding)
+    if padding == "VALID":
+        padding = ((0, 0), (0, 0))
+    elif padding == "SAME":
+        padding = tuple(map(tuple, jax.lax.padtype_to_pads(x.shape[1:3], window, strides, "SAME")))
+    return ops.max_pool(x, window, strides, padding)
 
 
 def avg_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None,
