@@ -95,18 +95,21 @@ def test_max_pool_gradient_matches_pytorch(shape, window, strides, padding):
                                   xt.grad.numpy().transpose(0, 2, 3, 1))
 
 
-CONV_CASES = [  # (input shape, kernel shape, strides, padding, dilation): <= 4 output positions
-    ((4, 2, 2, 8), (3, 3, 8, 5), (1, 1), ((1, 1), (1, 1)), (1, 1)),  # VGG's last stage
-    ((3, 5, 5, 4), (5, 5, 4, 6), (1, 1), "VALID", (1, 1)),            # LeNet's C5
-    ((2, 1, 1, 6), (3, 3, 6, 3), (1, 1), "SAME", (1, 1)),
-    ((2, 4, 3, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1)), (1, 1)),
-    ((2, 5, 5, 3), (2, 2, 3, 2), (1, 1), "VALID", (3, 3)),             # dilated
-    ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), "SAME", (1, 1)),              # 64 positions: XLA's
+CONV_CASES = [  # (input shape, kernel shape, strides, padding, dilation, done as a matmul)
+    ((4, 2, 2, 8), (3, 3, 8, 40), (1, 1), ((1, 1), (1, 1)), (1, 1), True),  # VGG's 2x2 maps
+    ((3, 5, 5, 4), (5, 5, 4, 40), (1, 1), "VALID", (1, 1), True),            # LeNet's C5
+    ((2, 1, 1, 6), (3, 3, 6, 3), (1, 1), "SAME", (1, 1), True),
+    ((2, 4, 3, 3), (3, 3, 3, 40), (2, 2), ((1, 1), (1, 1)), (1, 1), True),
+    ((2, 5, 5, 3), (2, 2, 3, 40), (1, 1), "VALID", (3, 3), True),            # dilated
+    ((2, 14, 14, 6), (5, 5, 6, 16), (1, 1), "VALID", (1, 1), True),          # LeNet's C3
+    ((2, 9, 7, 1), (5, 5, 1, 6), (2, 1), ((2, 1), (0, 3)), (1, 1), True),
+    ((2, 8, 8, 3), (3, 3, 3, 40), (1, 1), "SAME", (1, 1), False),            # XLA's
+    ((2, 8, 8, 12), (5, 5, 12, 8), (1, 1), "SAME", (1, 1), False),           # patch too long
 ]
 
 
-@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation", CONV_CASES)
-def test_conv_matches_lax(x_shape, k_shape, strides, padding, dilation):
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation,matmul", CONV_CASES)
+def test_conv_matches_lax(x_shape, k_shape, strides, padding, dilation, matmul):
     x = jax.random.normal(jax.random.key(0), x_shape)
     k = jax.random.normal(jax.random.key(1), k_shape)
     dn = ("NHWC", "HWIO", "NHWC")
@@ -120,12 +123,11 @@ def test_conv_matches_lax(x_shape, k_shape, strides, padding, dilation):
     g = jax.random.normal(jax.random.key(2), y.shape)
     for got, want in zip(fast_vjp(g), ref_vjp(g)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    few_positions = y.shape[1] * y.shape[2] <= ops.MATMUL_CONV_MAX_POSITIONS
-    assert ("conv_general_dilated" in str(jax.make_jaxpr(fast)(x, k))) != few_positions
+    assert ("conv_general_dilated" in str(jax.make_jaxpr(fast)(x, k))) != matmul
 
 
 def test_conv_block_uses_the_matmul_form_only_for_few_positions():
-    block = layers.ConvBlock(4, 3)
+    block = layers.ConvBlock(32, 3)
     for size, expect_conv in [(2, False), (8, True)]:
         x = jnp.ones((1, size, size, 3))
         variables = block.init(jax.random.key(0), x)
