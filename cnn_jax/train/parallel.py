@@ -15,6 +15,8 @@ device mesh (`config.parallel = "none" | "pmap" | "mesh"`), on one host or sever
   collectives. The step runs unchanged, BatchNorm sees the global batch.
 
 `batch` here is always a process's share of the global batch: `global_batch // process_count`.
+`none` and `mesh` compile with `ops.compiler_options()` (faster CPU kernels); `jax.pmap` takes
+no compiler options.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cnn_jax import ops
 from cnn_jax.data.pipeline import split_for_devices
 
 MODES = ("none", "pmap", "mesh")
@@ -109,8 +112,10 @@ class DataParallel:
         if self.mode == "mesh":
             return jax.jit(functools.partial(train_fn, axis_name=None), donate_argnums=0,
                            in_shardings=(self.replicated, self.sharded),
-                           out_shardings=(self.replicated, self.replicated))
-        return jax.jit(functools.partial(train_fn, axis_name=None), donate_argnums=0)
+                           out_shardings=(self.replicated, self.replicated),
+                           compiler_options=ops.compiler_options())
+        return jax.jit(functools.partial(train_fn, axis_name=None), donate_argnums=0,
+                       compiler_options=ops.compiler_options())
 
     def eval_step(self, eval_fn: Callable[..., dict]) -> Callable:
         """`eval_fn(state, batch, axis_name=...)` -> counts summed over the whole batch."""
@@ -119,8 +124,9 @@ class DataParallel:
         if self.mode == "mesh":
             return jax.jit(functools.partial(eval_fn, axis_name=None),
                            in_shardings=(self.replicated, self.sharded),
-                           out_shardings=self.replicated)
-        return jax.jit(functools.partial(eval_fn, axis_name=None))
+                           out_shardings=self.replicated, compiler_options=ops.compiler_options())
+        return jax.jit(functools.partial(eval_fn, axis_name=None),
+                       compiler_options=ops.compiler_options())
 
     def fetch(self, tree):
         """Replicated step outputs (metrics, counts) as NumPy, readable on every process."""

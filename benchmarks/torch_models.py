@@ -1,0 +1,97 @@
+"""The benchmarked cnn_jax architectures written in PyTorch: the same layers, shapes and
+parameter counts (tests/test_benchmarks.py compares the counts), for benchmarks/train_step.py.
+
+    model = build("resnet18_cifar", num_classes=10)
+
+LeNet-5 as cnn_jax.models.lenet (ReLU, max pooling, 61,706 parameters); ResNet-18 with the
+CIFAR stem (one 3x3/1 convolution, no max pool) as cnn_jax.models.resnet; VGG-11 CIFAR as
+cnn_jax.models.vgg (no BatchNorm, a 512-512-classes head with dropout 0.5 on the 1x1 map).
+Initialisation is PyTorch's default: it does not change the speed.
+"""
+
+import torch
+from torch import nn
+
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class LeNet5(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 120, 5), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def conv_bn(in_channels, out_channels, kernel_size, stride, padding):
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                   bias=False), nn.BatchNorm2d(out_channels))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels, channels, stride):
+        super().__init__()
+        self.conv1 = conv_bn(in_channels, channels, 3, stride, 1)
+        self.conv2 = conv_bn(channels, channels, 3, 1, 1)
+        self.downsample = None
+        if stride != 1 or in_channels != channels:
+            self.downsample = conv_bn(in_channels, channels, 1, stride, 0)
+
+    def forward(self, x):
+        y = self.conv2(torch.relu(self.conv1(x)))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18Cifar(nn.Module):
+    def __init__(self, num_classes=10, width=64):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, width, 3, 1, 1), nn.ReLU())
+        blocks, channels = [], width
+        for i in range(4):
+            for j in range(2):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(channels, width * 2**i, stride))
+                channels = width * 2**i
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class VGG11Cifar(nn.Module):
+    def __init__(self, num_classes=10, hidden=512, dropout=0.5):
+        super().__init__()
+        layers, channels = [], 3
+        for v in VGG11:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU()]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)  # 32x32 in: already 1x1
+        return self.classifier(torch.flatten(x, 1))
+
+
+MODELS = {"lenet5": LeNet5, "resnet18_cifar": ResNet18Cifar, "vgg11_cifar": VGG11Cifar}
+
+
+def build(name, num_classes=10, **options):
+    """The PyTorch twin of cnn_jax's `get_model(name, num_classes=..., **options)`; the only
+    option is ResNet's `width`."""
+    if name not in MODELS:
+        raise ValueError(f"No PyTorch model {name!r}. Valid choices: {', '.join(sorted(MODELS))}.")
+    return MODELS[name](num_classes=num_classes, **options)
