@@ -1,17 +1,19 @@
-"""Two operations rewritten because XLA compiles the plain form slowly on CPU. Each computes
-exactly what the plain form computes (the tests compare outputs and gradients).
+"""Where XLA compiles the plain form slowly on CPU: two operations rewritten, and the compiler
+options the steps use. The operations compute exactly what the plain forms compute
+(tests/test_ops.py compares outputs and gradients).
 
 - `max_pool`: the gradient of `lax.reduce_window(max)` is a select-and-scatter, which XLA's
   CPU backend runs as a slow scalar loop (on a 128x32x32x64 batch, 2x2 windows: 177 ms against
-  22 ms here). Its derivative rule here is written with one strided slice per window position,
-  which XLA fuses into a few vectorized loops. Ties go to the first maximum in the window in
-  row-major order, as in `lax.reduce_window`'s own gradient and in PyTorch.
+  22 ms here). Its derivative rule here is written with a reshape (non-overlapping windows) or
+  one strided slice per window position, which XLA fuses into a few vectorized loops. Ties go
+  to the first maximum in the window in row-major order, as in `lax.reduce_window`'s own
+  gradient and in PyTorch.
 - `conv_general_dilated`: a convolution with at most `MATMUL_CONV_MAX_POSITIONS` output
   positions (VGG's 3x3 convolutions on a 2x2 map, a 5x5 kernel over a 5x5 map) is a dense
   layer in disguise. XLA's CPU backend turns some of them into a convolution it runs about
-  100x slower than the matmul (VGG-11 on CIFAR: 2.2 s of a 2.7 s train step); here they are
-  an explicit patches-times-kernel matmul. Every other convolution goes to
-  `lax.conv_general_dilated` unchanged.
+  100x slower than the matmul (VGG-11 on CIFAR: four of them took 8.6 s of a 10.7 s train
+  step); here they are an explicit patches-times-kernel matmul. Every other convolution goes
+  to `lax.conv_general_dilated` unchanged.
 - `compiler_options()`: XLA options for jitting a train or eval step. On CPU they turn off
   XLA's YNNPACK fusions, so that convolutions and matmuls run on XLA's own (Eigen) kernels:
   YNNPACK's weight-gradient convolutions ran 2-4x slower than Eigen's here (train steps on 2
@@ -19,10 +21,10 @@ exactly what the plain form computes (the tests compare outputs and gradients).
   `DataParallel` passes them to `jax.jit`; pass them yourself when you jit a step by hand:
   `jax.jit(train_step, donate_argnums=0, compiler_options=ops.compiler_options())`.
 """
-
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
