@@ -158,7 +158,8 @@ def test_compiler_options_reach_the_compiled_step():
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
     x, k = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
     compiled = lambda f: f.lower(x, k).compile().as_text()
-    assert "__ynn_fusion" in compiled(jax.jit(conv))  # XLA's default
+    if "__ynn_fusion" not in compiled(jax.jit(conv)):
+        pytest.skip("XLA does not use YNNPACK for this convolution on this machine by default")
     assert "__ynn_fusion" not in compiled(jax.jit(conv, compiler_options=options))
     step = DataParallel("none").train_step(lambda state, batch, axis_name: (conv(state, batch), {}))
     assert "__ynn_fusion" not in compiled(step)
