@@ -102,6 +102,8 @@ CONV_CASES = [  # (input shape, kernel shape, strides, padding, dilation, done a
     ((2, 4, 3, 3), (3, 3, 3, 40), (2, 2), ((1, 1), (1, 1)), (1, 1), True),
     ((2, 5, 5, 3), (2, 2, 3, 40), (1, 1), "VALID", (3, 3), True),            # dilated
     ((2, 3, 1, 1), (2, 2, 1, 6), (2, 1), ((1, 0), (0, 1)), (1, 1), True),
+    ((2, 32, 32, 1), (5, 5, 1, 6), (1, 1), "VALID", (1, 1), True),           # LeNet's C1
+    ((2, 9, 11, 1), (3, 2, 1, 4), (2, 3), ((1, 2), (0, 1)), (2, 1), True),   # one channel
     ((2, 8, 8, 3), (3, 3, 3, 40), (1, 1), "SAME", (1, 1), False),            # XLA's
     ((2, 14, 14, 6), (5, 5, 6, 16), (1, 1), "VALID", (1, 1), False),         # LeNet's C3
 ]
@@ -120,8 +122,8 @@ def test_conv_matches_lax(x_shape, k_shape, strides, padding, dilation, matmul):
     y_ref, ref_vjp = jax.vjp(ref, x, k)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     g = jax.random.normal(jax.random.key(2), y.shape)
-    for got, want in zip(fast_vjp(g), ref_vjp(g)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(fast_vjp(g), ref_vjp(g)):  # sums of up to 1,568 terms, other order
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert ("conv_general_dilated" in str(jax.make_jaxpr(fast)(x, k))) != matmul
 
 
