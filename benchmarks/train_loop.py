@@ -128,7 +128,7 @@ def main():
     parser.add_argument("--cases", default=",".join(CASES), help=f"from {', '.join(CASES)}")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=0,
-                        help="loop steps (one epoch); default 400 for lenet5, 40 for vgg11")
+                        help="loop steps (one epoch); default 800 for lenet5, 40 for vgg11")
     parser.add_argument("--bare_steps", type=int, default=0, help="default: --steps / 2")
     parser.add_argument("--log_every", type=int, default=0, help="default: --steps / 10")
     parser.add_argument("--out", default="", help="also write the rows as JSON here")
@@ -146,7 +146,7 @@ def main():
     rows = []
     for name in cases:
         case_args = argparse.Namespace(**vars(args))
-        case_args.steps = args.steps or {"lenet5": 400, "vgg11": 40}[name]
+        case_args.steps = args.steps or {"lenet5": 800, "vgg11": 40}[name]
         case_args.bare_steps = args.bare_steps or max(2, case_args.steps // 2)
         case_args.log_every = args.log_every or max(1, case_args.steps // 10)
         rows.append(run_case(name, case_args))
