@@ -3,7 +3,7 @@ own bare jitted step.
 
 Run from the repository root:
 
-    python benchmarks/train_loop.py                  # lenet5 and vgg11 cases, ~3 minutes
+    python benchmarks/train_loop.py                  # lenet5 and vgg11 cases, ~2 minutes
     python benchmarks/train_loop.py --smoke          # seconds: every code path, tiny sizes
 
 For each case the experiment config is run through `train_and_evaluate` (what
@@ -12,8 +12,8 @@ every `log_every_steps`, the log files, a checkpoint at the end of the epoch) on
 mock dataset (`tfds.testing.mock_data`: random images, decoded once). Its speed is the
 images/s it writes to `steps.jsonl`, the first interval (compilation) left out. The bare step
 is the loop's own jitted step (`DataParallel("none").train_step`, the transforms fused in)
-called on one batch already on the device, timed before and after the loop run. `loop / bare` near 1 means the loop adds
-nothing; the issue's bar is 0.9.
+called on one batch already on the device, timed before and after the loop run. `loop / bare`
+near 1 means the loop adds nothing; the issue's bar is 0.9.
 
 Cases: lenet5 (config lenet5_mnist, 28x28 MNIST-sized images, batch 128: the smallest step, so
 any per-step overhead shows most) and vgg11 (VGG-11 with the CIFAR head on CIFAR-10-sized

@@ -23,6 +23,7 @@ options the steps use. The operations compute exactly what the plain forms compu
   `DataParallel` passes them to `jax.jit`; pass them yourself when you jit a step by hand:
   `jax.jit(train_step, donate_argnums=0, compiler_options=ops.compiler_options())`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -111,7 +112,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
     """`lax.conv_general_dilated`, with convolutions of few output positions or of one input
-    channel done as a matmul (see the module docstring). Same signature; pass it as `nn.Conv(conv_general_dilated=...)`."""
+    channel done as a matmul (see the module docstring). Same signature; pass it as
+    `nn.Conv(conv_general_dilated=...)`."""
     call = functools.partial(
         lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -141,6 +143,5 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         patches = jnp.concatenate(_window_slices(x, window, window_strides, out_hw, dilation),
                                   -1)
     kernel = rhs.reshape(-1, rhs.shape[-1])  # (kh * kw * C_in, C_out), row-major as the patches
-    y = lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())), precision=precision,
-                        preferred_element_type=preferred_element_type)
-    return y
+    return lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())), precision=precision,
+                           preferred_element_type=preferred_element_type)
