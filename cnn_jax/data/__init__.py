@@ -17,7 +17,7 @@ import functools
 import inspect
 from typing import Callable
 
-from cnn_jax.data.dataset import ArraySource, Dataset, check_labels, from_arrays
+from cnn_jax.data.dataset import ArraySource, Dataset, MissingSplit, check_labels, from_arrays
 from cnn_jax.data.digits import load_digits
 from cnn_jax.data.image_folder import load_image_folder
 from cnn_jax.data.pipeline import (eval_batches, split_for_devices, steps_per_epoch, train_dataset,
@@ -50,6 +50,6 @@ def get_dataset(name: str, split: str, **options) -> Dataset:
     return DATASETS[name](split, **options)
 
 
-__all__ = ["ArraySource", "Dataset", "DATASETS", "get_dataset", "dataset_options", "from_arrays",
+__all__ = ["ArraySource", "Dataset", "MissingSplit", "DATASETS", "get_dataset", "dataset_options", "from_arrays",
            "check_labels", "train_dataset", "train_iterator", "eval_batches", "steps_per_epoch",
            "split_for_devices"]

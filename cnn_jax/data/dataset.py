@@ -14,6 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 
 
+class MissingSplit(ValueError):
+    """The dataset has no such split (e.g. no own "validation" split): raised by a loader
+    asked for it, so the caller can fall back (a validation split carved from "train")."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     source: Any
