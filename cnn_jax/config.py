@@ -17,6 +17,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.dataset = ml_collections.ConfigDict({"name": "digits"})
+    # The task (cnn_jax/tasks): classification | segmentation; "" takes the dataset's own.
+    config.task = ""
     # dtype: the computation's ("float32" or "bfloat16": mixed precision, parameters,
     # optimizer state, loss and softmax stay float32).
     config.model = ml_collections.ConfigDict({"name": "lenet5", "dtype": "float32"})
@@ -30,6 +32,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.train_transforms = ""
     config.eval_transforms = ""
     config.input_threads = 2      # host threads reading and decoding ahead of the step
+    config.segmentation = ml_collections.ConfigDict({  # config.task == "segmentation" only
+        "ignore_value": 255,      # mask value left out of loss and metrics (and padding's fill)
+        "loss": "cross_entropy",  # cross_entropy | dice | cross_entropy+dice
+        "class_weights": (),      # per-class cross-entropy weights; () for all 1
+    })
 
     # Lifecycle (README "Runs: checkpoints, logs, reports, sweeps").
     config.resume = True          # continue from the workdir's latest checkpoint, if any

@@ -97,3 +97,37 @@ def summarize(counts: dict) -> dict:
         out[f"per_class_{name}"] = per_class[name].tolist()
     out["confusion_matrix"] = confusion.round().astype(int).tolist()
     return out
+
+
+# Segmentation: every labelled pixel is one example of the confusion matrix.
+
+def pixel_confusion(labels: jax.Array, predictions: jax.Array, num_classes: int,
+                    valid: jax.Array) -> jax.Array:
+    """counts[i, j] = number of `valid` pixels of class i predicted as j, as int32 (exact far
+    beyond float32's 2**24)."""
+    index = jnp.where(valid, labels * num_classes + predictions, 0).reshape(-1)
+    counts = jnp.bincount(index, weights=valid.reshape(-1).astype(jnp.int32),
+                          length=num_classes * num_classes)
+    return counts.astype(jnp.int32).reshape(num_classes, num_classes)
+
+
+def segmentation_summary(confusion: np.ndarray) -> dict:
+    """Pixel accuracy, per-class and mean IoU and Dice, and frequency-weighted IoU from a
+    confusion matrix summed over a whole set. A class absent from both the labels and the
+    predictions has no IoU/Dice (None per class) and is left out of the means."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    union = support + predicted - tp
+    present = union > 0
+    iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
+    dice = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=present)
+    total = confusion.sum()
+    return {
+        "accuracy": float(tp.sum() / total),
+        "mean_iou": float(iou[present].mean()),
+        "mean_dice": float(dice[present].mean()),
+        "fw_iou": float((support / total * iou).sum()),
+        "per_class_iou": [float(v) if p else None for v, p in zip(iou, present)],
+        "per_class_dice": [float(v) if p else None for v, p in zip(dice, present)],
+    }

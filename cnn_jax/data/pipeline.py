@@ -8,7 +8,7 @@ exactly the batches an uninterrupted run reads from step k on (`train_iterator(.
 start_step=k)`; grain's own `iterator.get_state()` / `set_state()` work too).
 
 Evaluation covers every example exactly once: the last batch is padded and its padding
-carries `mask == 0`.
+carries `mask == 0` (an (N,) weight per example, whatever the task's 'label' holds).
 
 Several processes (hosts): each reads a disjoint, equal-sized shard (examples
 `process_index::process_count`), so every process runs the same number of steps; the batch
@@ -80,10 +80,11 @@ def train_iterator(dataset: Dataset, batch_size: int, *, seed: int, num_epochs: 
 class _PaddedShard:
     """A process's share of an evaluation set, padded to `length` with masked examples."""
 
-    def __init__(self, source, indices: np.ndarray, length: int, image_shape, image_dtype):
+    def __init__(self, source, indices: np.ndarray, length: int, image_shape, image_dtype,
+                 label_shape=()):
         self.source, self.indices, self.length = source, indices, length
-        self.padding = {"image": np.zeros(image_shape, image_dtype), "label": np.int32(0),
-                        "mask": np.float32(0)}
+        self.padding = {"image": np.zeros(image_shape, image_dtype),
+                        "label": np.zeros(label_shape, np.int32), "mask": np.float32(0)}
 
     def __len__(self) -> int:
         return self.length
@@ -92,7 +93,7 @@ class _PaddedShard:
         if i >= len(self.indices):
             return self.padding
         example = self.source[int(self.indices[i])]
-        return {"image": example["image"], "label": np.int32(example["label"]),
+        return {"image": example["image"], "label": np.asarray(example["label"], np.int32),
                 "mask": np.float32(1)}
 
 
@@ -109,9 +110,10 @@ def eval_batches(dataset: Dataset, batch_size: int, *, process_index: int = 0,
     num_batches = math.ceil(math.ceil(len(dataset) / process_count) / batch_size)
     if len(dataset) == 0:
         return iter(())
-    first = dataset.source[0]["image"]
+    first = dataset.source[0]
     shard = _PaddedShard(dataset.source, indices, num_batches * batch_size,
-                         np.shape(first), np.asarray(first).dtype)
+                         np.shape(first["image"]), np.asarray(first["image"]).dtype,
+                         np.shape(first["label"]))
     ds = grain.MapDataset.source(shard).batch(batch_size)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(ds.to_iter_dataset(options))

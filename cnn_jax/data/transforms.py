@@ -7,6 +7,10 @@ A config names them in a spec string, applied left to right:
 
 `make_preprocess(spec, num_classes=..., mean=..., std=...)` turns the spec into one function
 `preprocess(key, batch) -> batch` on {'image': (N, H, W, C), 'label': (N,) or (N, classes)}.
+Dense targets (`targets=('label',)`: a segmentation mask (N, H, W)) move with the image in
+every geometric transform, by nearest neighbour (never blended), and pad with `fill` (the
+ignore value); `normalize` touches the image alone; a task refuses transforms that make no
+sense for its targets (`refused`: segmentation refuses mixup and cutmix).
 It first brings images to float32 on the [0, 1] scale (uint8 is divided by 255), then runs
 each transform with its own key, `fold_in(key, position)`: the output depends on the key and
 the batch alone. Per-example randomness (crops, flips) comes from per-example draws of that
@@ -78,72 +82,95 @@ def _with_image(batch: Batch, image: jax.Array) -> Batch:
     return {**batch, "image": image}
 
 
-def pad(padding: int) -> Transform:
+def _move(batch: Batch, image_fn: Callable, target_fn: Callable, targets: tuple) -> Batch:
+    """The batch with `image_fn` applied to its image and `target_fn` to its dense targets
+    ((N, H, W) arrays, run as (N, H, W, 1))."""
+    out = {**batch, "image": image_fn(batch["image"])}
+    for k in targets:
+        out[k] = target_fn(batch[k][..., None])[..., 0]
+    return out
+
+
+def pad(padding: int, *, targets: tuple = (), fill: int = 255) -> Transform:
     if not _is_int(padding) or padding < 0:
         raise ValueError(f"pad: padding must be a non-negative int, got {padding!r}.")
 
     def fn(key, batch):
         p = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-        return _with_image(batch, jnp.pad(batch["image"], p))
+        return _move(batch, lambda x: jnp.pad(x, p),
+                     lambda m: jnp.pad(m, p, constant_values=fill), targets)
 
     return fn
 
 
-def resize(size) -> Transform:
+def _resize_nearest(mask: jax.Array, h: int, w: int) -> jax.Array:
+    """(N, H, W, 1) ints -> (N, h, w, 1): each output pixel takes the input pixel under its
+    centre (as jax.image.resize's "nearest", kept integer)."""
+    rows = jnp.floor((jnp.arange(h) + 0.5) * mask.shape[1] / h).astype(jnp.int32)
+    cols = jnp.floor((jnp.arange(w) + 0.5) * mask.shape[2] / w).astype(jnp.int32)
+    return mask[:, rows][:, :, cols]
+
+
+def resize(size, *, targets: tuple = ()) -> Transform:
     h, w = _size_pair(size, "resize")
 
     def fn(key, batch):
         image = batch["image"]
         shape = (image.shape[0], h, w, image.shape[3])
-        return _with_image(batch, jax.image.resize(image, shape, "bilinear"))
+        return _move(batch, lambda x: jax.image.resize(x, shape, "bilinear"),
+                     lambda m: _resize_nearest(m, h, w), targets)
 
     return fn
 
 
-def center_crop(size) -> Transform:
+def center_crop(size, *, targets: tuple = ()) -> Transform:
     size = _size_pair(size, "center_crop")
 
     def fn(key, batch):
         image = batch["image"]
         _check_fits("center_crop", image, size)
         top, left = (image.shape[1] - size[0]) // 2, (image.shape[2] - size[1]) // 2
-        return _with_image(batch, image[:, top:top + size[0], left:left + size[1]])
+        crop = lambda x: x[:, top:top + size[0], left:left + size[1]]  # noqa: E731
+        return _move(batch, crop, crop, targets)
 
     return fn
 
 
-def random_crop(size=None, padding: int = 0) -> Transform:
+def random_crop(size=None, padding: int = 0, *, targets: tuple = (), fill: int = 255
+                ) -> Transform:
     """With padding p and no size: a random translation by up to p pixels (CIFAR's standard)."""
-    pad_fn = pad(padding)
+    pad_fn = pad(padding, targets=targets, fill=fill)
     size = None if size is None else _size_pair(size, "random_crop")
 
     def fn(key, batch):
         n, h, w, c = batch["image"].shape
         ch, cw = size or (h, w)
-        image = pad_fn(key, batch)["image"]
+        batch = pad_fn(key, batch)
+        image = batch["image"]
         _check_fits("random_crop", image, (ch, cw))
         top = jax.random.randint(jax.random.fold_in(key, 0), (n,), 0, image.shape[1] - ch + 1)
         left = jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, image.shape[2] - cw + 1)
-        crop = jax.vmap(lambda x, t, l: jax.lax.dynamic_slice(x, (t, l, 0), (ch, cw, c)))
-        return _with_image(batch, crop(image, top, left))
+        crop = jax.vmap(lambda x, t, l: jax.lax.dynamic_slice(x, (t, l, 0), (ch, cw, x.shape[2])))
+        return _move(batch, lambda x: crop(x, top, left), lambda m: crop(m, top, left), targets)
 
     return fn
 
 
-def hflip(p: float = 0.5) -> Transform:
+def hflip(p: float = 0.5, *, targets: tuple = ()) -> Transform:
     if not (isinstance(p, (int, float)) and 0 <= p <= 1):
         raise ValueError(f"hflip: p must lie in [0, 1], got {p!r}.")
     p = float(p)
 
     def fn(key, batch):
-        image = batch["image"]
-        flip = jax.random.bernoulli(key, p, (image.shape[0], 1, 1, 1))
-        return _with_image(batch, jnp.where(flip, image[:, :, ::-1], image))
+        flip = jax.random.bernoulli(key, p, (batch["image"].shape[0], 1, 1, 1))
+        mirror = lambda x: jnp.where(flip, x[:, :, ::-1], x)  # noqa: E731
+        return _move(batch, mirror, mirror, targets)
 
     return fn
 
 
-def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Transform:
+def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), *,
+                        targets: tuple = ()) -> Transform:
     """A window of a random fraction `scale` of the area and aspect ratio (w/h, log-uniform)
     in `ratio`, at a random place, resized (bilinear) to size x size. Where the drawn window
     is larger than the image along a side it is clipped to that side (torchvision instead
@@ -171,7 +198,15 @@ def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Transf
             return jax.image.scale_and_translate(x, (out_h, out_w, c), (0, 1), s,
                                                  -jnp.stack([top, left]) * s, "linear")
 
-        return _with_image(batch, jax.vmap(one)(image, top, left, crop_h, crop_w))
+        def one_mask(m, top, left, crop_h, crop_w):
+            # The input pixel under each output pixel's centre, on the same grid as `one`.
+            rows = jnp.floor((jnp.arange(out_h) + 0.5) * crop_h / out_h + top).astype(jnp.int32)
+            cols = jnp.floor((jnp.arange(out_w) + 0.5) * crop_w / out_w + left).astype(jnp.int32)
+            return m[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)]
+
+        params = (top, left, crop_h, crop_w)
+        return _move(batch, lambda x: jax.vmap(one)(x, *params),
+                     lambda m: jax.vmap(one_mask)(m, *params), targets)
 
     return fn
 
@@ -282,11 +317,13 @@ def parse_spec(spec: str) -> list[tuple[str, tuple, dict]]:
 
 
 def make_transform(name: str, args: tuple = (), kwargs: dict | None = None, *,
-                   num_classes: int = 0, mean=(), std=()) -> Transform:
+                   num_classes: int = 0, mean=(), std=(), targets: tuple = (),
+                   fill: int = 255) -> Transform:
     if name not in TRANSFORMS:
         raise ValueError(f"Unknown transform {name!r}. Valid choices: {', '.join(TRANSFORMS)}.")
     factory, kwargs = TRANSFORMS[name], dict(kwargs or {})
-    context = {"num_classes": num_classes, "dataset_mean": mean, "dataset_std": std}
+    context = {"num_classes": num_classes, "dataset_mean": mean, "dataset_std": std,
+               "targets": tuple(targets), "fill": fill}
     params = inspect.signature(factory).parameters
     public = [p for p, v in params.items() if v.kind != inspect.Parameter.KEYWORD_ONLY]
     hidden = [k for k in kwargs if k in context]
@@ -301,18 +338,26 @@ def make_transform(name: str, args: tuple = (), kwargs: dict | None = None, *,
     return factory(*args, **kwargs)
 
 
-def make_preprocess(spec: str, *, num_classes: int, mean=(), std=(), train: bool = True
+def make_preprocess(spec: str, *, num_classes: int, mean=(), std=(), train: bool = True,
+                    targets: tuple = (), fill: int = 255, refused: dict | None = None
                     ) -> Callable[[jax.Array, Batch], Batch]:
     """The spec's transforms as one pure `preprocess(key, batch) -> batch` (see module doc).
-    With `train=False` (evaluation) random transforms are refused."""
+    With `train=False` (evaluation) random transforms are refused; so are those in
+    `refused` ({name: why}, the task's)."""
     steps = parse_spec(spec or "")
+    for name, _, _ in steps:
+        if name in (refused or {}):
+            allowed = ", ".join(t for t in TRANSFORMS if t not in refused)
+            raise ValueError(f"Transform {name!r} in {spec!r} cannot be used here: "
+                             f"{refused[name]}. Valid choices: {allowed}.")
     if not train:
         random = [name for name, _, _ in steps if name in RANDOM]
         if random:
             raise ValueError(f"Evaluation transforms must be deterministic, but {random} "
                              f"draw at random. Deterministic ones: "
                              f"{', '.join(t for t in TRANSFORMS if t not in RANDOM)}.")
-    transforms = [make_transform(name, args, kwargs, num_classes=num_classes, mean=mean, std=std)
+    transforms = [make_transform(name, args, kwargs, num_classes=num_classes, mean=mean, std=std,
+                                 targets=targets, fill=fill)
                   for name, args, kwargs in steps]
 
     def preprocess(key: jax.Array, batch: Batch) -> Batch:

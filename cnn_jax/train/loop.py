@@ -46,6 +46,7 @@ from cnn_jax import data as data_lib
 from cnn_jax import metrics as metrics_lib
 from cnn_jax.data.transforms import make_preprocess
 from cnn_jax.models import get_model, model_options
+from cnn_jax.tasks import TASKS, Task, task_of
 from cnn_jax.train.checkpoint import Checkpointer, state_tree, with_tree
 from cnn_jax.train.logs import MetricWriter, Progress
 from cnn_jax.train.optim import make_optimizer, make_schedule
@@ -58,6 +59,16 @@ from cnn_jax.transfer.setup import setup_transfer
 DTYPES = ("float32", "bfloat16", "float16")
 EPOCH_METRICS = ("test_accuracy", "test_loss", "test_top5_accuracy", "test_macro_f1",
                  "test_macro_precision", "test_macro_recall", "train_loss", "train_accuracy")
+
+
+def task_transform_options(task: Task, config) -> dict:
+    """What the transforms need to know of the task: the targets they move with the image, the
+    value padding gives them, the transforms the task refuses."""
+    if not task.spatial_targets:
+        return {}
+    return {"targets": task.spatial_targets, "fill": config.segmentation.ignore_value,
+            "refused": {k: f"{v} (config.task={task.name!r})"
+                        for k, v in task.refused_transforms.items()}}
 
 
 def _options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -79,47 +90,72 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.log_every_steps < 1 or config.checkpoint.every_steps < 0:
         raise ValueError("config.log_every_steps must be positive and config.checkpoint.every_steps"
                          " non-negative.")
-    best = config.checkpoint.best_metric
-    if best and best not in EPOCH_METRICS:
-        raise ValueError(f"Unknown config.checkpoint.best_metric {best!r}. Valid choices: "
-                         f"{', '.join(EPOCH_METRICS)}, or '' for none.")
-    if not 0 <= config.label_smoothing < 1:
-        raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.")
+    task = task_of(config)
+    best, valid = config.checkpoint.best_metric, epoch_metrics(task)
+    if best and best not in valid:
+        raise ValueError(f"Unknown config.checkpoint.best_metric {best!r} for the {task.name} "
+                         f"task. Valid choices: {', '.join(valid)}, or '' for none.")
+    task.check_config(config)
 
 
-def model_input_shape(preprocess: Callable, dataset: data_lib.Dataset) -> tuple[int, ...]:
+def epoch_metrics(task: Task) -> tuple[str, ...]:
+    """The metrics.jsonl scalars `config.checkpoint.best_metric` may name."""
+    if task.name == "classification":
+        return EPOCH_METRICS
+    return (*(f"test_{m}" for m in task.metrics), "train_loss", "train_accuracy")
+
+
+def model_input_shape(preprocess: Callable, dataset: data_lib.Dataset,
+                      task: Task | None = None) -> tuple[int, ...]:
     """The (H, W, C) the model sees: the dataset's images after the transforms."""
+    targets = (task or TASKS["classification"]).targets(dataset.image_shape)
     batch = {"image": jax.ShapeDtypeStruct((2, *dataset.image_shape), jnp.uint8),
-             "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
+             **{k: jax.ShapeDtypeStruct((2, *shape), dtype) for k, (shape, dtype) in targets.items()}}
     return tuple(jax.eval_shape(preprocess, jax.random.key(0), batch)["image"].shape[1:])
 
 
+def check_model(task: Task, model, input_shape: tuple[int, ...], num_classes: int,
+                name: str) -> None:
+    """The model's logits for `input_shape` fit the task (shapes only: nothing is computed)."""
+    x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    logits, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x, train=False), x)
+    task.check_model(tuple(logits.shape), input_shape, num_classes, name)
+
+
 def make_steps(config: ml_collections.ConfigDict, train_preprocess: Callable,
-               eval_preprocess: Callable) -> tuple[Callable, Callable]:
+               eval_preprocess: Callable, task: Task | None = None) -> tuple[Callable, Callable]:
     """The train and eval steps with the transforms fused in, as pure functions
     `fn(state, batch, axis_name=None)` for `DataParallel` to compile. The train step draws its
     augmentation key from (seed, step) (and the device, under pmap), so it stays a pure
     function of (state, batch)."""
     augment_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    task = task or task_of(config)
+    options = task.options(config)
+    loss_fn = functools.partial(task.loss, **options)
+    metrics_fn = functools.partial(task.train_metrics, **options)
+    counts_fn = functools.partial(task.eval_counts, **options)
 
     def train_fn(state: TrainState, batch: dict, axis_name: str | None = None):
         key = jax.random.fold_in(augment_rng, state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         return train_step(state, train_preprocess(key, batch), axis_name=axis_name,
-                          label_smoothing=config.label_smoothing,
-                          accum_steps=config.grad_accum_steps)
+                          accum_steps=config.grad_accum_steps, loss_fn=loss_fn,
+                          metrics_fn=metrics_fn)
 
     def eval_fn(state: TrainState, batch: dict, axis_name: str | None = None):
-        return eval_step(state, eval_preprocess(augment_rng, batch), axis_name=axis_name)
+        return eval_step(state, eval_preprocess(augment_rng, batch), axis_name=axis_name,
+                         counts_fn=counts_fn)
 
     return train_fn, eval_fn
 
 
 def evaluate(eval_fn: Callable, state: TrainState, dataset: data_lib.Dataset, batch_size: int,
-             num_threads: int = 2, dp: DataParallel | None = None) -> dict:
+             num_threads: int = 2, dp: DataParallel | None = None,
+             summarize: Callable = metrics_lib.summarize) -> dict:
     """Whole-set metrics of `state` on `dataset`: every example exactly once. `eval_fn` is
-    compiled by `dp` (default: one device); `batch_size` is the global batch."""
+    compiled by `dp` (default: one device); `batch_size` is the global batch; `summarize`
+    is the task's."""
     dp = dp or DataParallel("none")
     counts = None
     batches = data_lib.eval_batches(dataset, batch_size // jax.process_count(),
@@ -127,7 +163,7 @@ def evaluate(eval_fn: Callable, state: TrainState, dataset: data_lib.Dataset, ba
                                     process_count=jax.process_count(), num_threads=num_threads)
     for batch in batches:
         counts = metrics_lib.add_counts(counts, eval_fn(state, dp.put_batch(batch)))
-    return metrics_lib.summarize(dp.fetch(counts))
+    return summarize(dp.fetch(counts))
 
 
 class Preempted(Exception):
@@ -249,15 +285,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     is_main = jax.process_index() == 0  # one process logs and writes; all of them checkpoint
     if not is_main:
         log = lambda message: None  # noqa: E731
+    task = task_of(config)
     options = _options(config.dataset)
     train_ds = data_lib.get_dataset(config.dataset.name, "train", **options)
     test_ds = data_lib.get_dataset(config.dataset.name, "test", **options)
-    stats = dict(num_classes=train_ds.num_classes, mean=train_ds.mean, std=train_ds.std)
+    for split, ds in (("train", train_ds), ("test", test_ds)):
+        task.check_dataset(ds, f"dataset {config.dataset.name!r} ({split})")
+    stats = dict(num_classes=train_ds.num_classes, mean=train_ds.mean, std=train_ds.std,
+                 **task_transform_options(task, config))
     train_preprocess = make_preprocess(config.train_transforms, **stats)
     eval_preprocess = make_preprocess(config.eval_transforms, train=False, **stats)
-    input_shape = model_input_shape(train_preprocess, train_ds)
-    eval_shape = model_input_shape(eval_preprocess, test_ds)
-    if eval_shape != input_shape:
+    input_shape = model_input_shape(train_preprocess, train_ds, task)
+    eval_shape = model_input_shape(eval_preprocess, test_ds, task)
+    if task.spatial_targets and eval_shape[2:] == input_shape[2:]:
+        pass  # dense predictions: a fully convolutional model may evaluate at another size
+    elif eval_shape != input_shape:
         raise ValueError(f"Training images reach the model as {input_shape} but test images as "
                          f"{eval_shape}; make config.eval_transforms produce {input_shape}.")
     model_kwargs = _options(config.model)
@@ -265,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     if dp.axis_name and "norm_axis_name" in model_options(config.model.name):
         model_kwargs["norm_axis_name"] = dp.axis_name  # BatchNorm over the global batch
     model = get_model(config.model.name, num_classes=train_ds.num_classes, **model_kwargs)
+    check_model(task, model, input_shape, train_ds.num_classes, config.model.name)
     steps_per_epoch = data_lib.steps_per_epoch(train_ds, sizes["per_process"], sizes["processes"])
     if steps_per_epoch == 0:
         raise ValueError(f"config.batch_size={config.batch_size} is larger than the "
@@ -278,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
     ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log)
     state = dp.put_state(state)
-    train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess)
+    train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess, task)
     p_train_step, p_eval_step = dp.train_step(train_fn), dp.eval_step(eval_fn)
     batches = data_lib.train_iterator(train_ds, sizes["per_process"], seed=config.seed,
                                       num_epochs=config.num_epochs, start_step=start_step,
@@ -343,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                     epoch = step // steps_per_epoch
                     train_seconds = time.perf_counter() - epoch_start
                     test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size,
-                                    config.input_threads, dp)
+                                    config.input_threads, dp, task.summarize)
                     record = _epoch_record(epoch, step, epoch_sums, test,
                                            float(schedule(step - 1)),
                                            (step - epoch_first_step) * config.batch_size
@@ -355,8 +398,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                     progress.log(
                         f"epoch {epoch:3d}/{config.num_epochs}  train loss "
                         f"{record['train_loss']:.4f} acc {record['train_accuracy']:.2%}  |  test "
-                        f"loss {test['loss']:.4f} acc {test['accuracy']:.2%}  macro-F1 "
-                        f"{test['macro_f1']:.4f}  |  lr {record['learning_rate']:.4g}  "
+                        f"loss {test['loss']:.4f} {task.log_line(test)}  "
+                        f"|  lr {record['learning_rate']:.4g}  "
                         f"{record['train_images_per_second']:.0f} img/s  "
                         f"{record['epoch_seconds']:.1f}s")
                     epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
@@ -382,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
             writer.close()
     if test is None:  # resumed after the last step: nothing left to train
         test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size, config.input_threads,
-                        dp)
+                        dp, task.summarize)
     elapsed = time.perf_counter() - start
     log(f"done in {elapsed:.1f}s: test accuracy {test['accuracy']:.2%}")
     if workdir and is_main:

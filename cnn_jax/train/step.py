@@ -13,7 +13,8 @@ running averages in evaluation.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,8 @@ from flax import linen as nn
 from flax import struct
 from flax.training import train_state
 
-from cnn_jax import metrics as metrics_lib
+from cnn_jax.tasks import classification
+from cnn_jax.tasks.classification import cross_entropy  # noqa: F401  (re-exported)
 
 
 class TrainState(train_state.TrainState):
@@ -50,20 +52,16 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy in float32. `labels` are class indices, or
-    probabilities over classes (as mixup makes them)."""
-    logits = logits.astype(jnp.float32)
-    if labels.ndim == logits.ndim - 1:
-        labels = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-    if label_smoothing:
-        labels = optax.smooth_labels(labels, label_smoothing)
-    return optax.softmax_cross_entropy(logits, labels)
-
-
 def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
-               axis_name: str | None = None, accum_steps: int = 1) -> tuple[TrainState, dict]:
-    """One optimizer step on `batch` ({'image': (N,H,W,C), 'label': (N,)}). Pure; jit it.
+               axis_name: str | None = None, accum_steps: int = 1,
+               loss_fn: Callable | None = None, metrics_fn: Callable | None = None
+               ) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch` ({'image': (N,H,W,C), plus the task's targets}). Pure;
+    jit it.
+
+    `loss_fn(logits, batch) -> scalar` and `metrics_fn(logits, batch) -> {'accuracy': ...}`
+    are the task's (`cnn_jax.tasks`, options bound with functools.partial); by default
+    classification's, with `label_smoothing`.
 
     `axis_name`: the step runs under `jax.pmap` over that axis, each device on its share of
     the batch; gradients and metrics are averaged over it (BatchNorm statistics too, when the
@@ -73,22 +71,23 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
     (BatchNorm statistics update after each), and their gradients averaged into one update:
     the update of the whole batch in the memory of a micro-batch.
     """
+    if loss_fn is None:
+        loss_fn = functools.partial(classification.loss, label_smoothing=label_smoothing)
+    metrics_fn = metrics_fn or classification.train_metrics
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # each device its own dropout masks
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
-    def loss_fn(params, batch_stats, micro_batch, rng):
+    def objective(params, batch_stats, micro_batch, rng):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": batch_stats}, micro_batch["image"], train=True,
             rngs={"dropout": rng}, mutable=["batch_stats"])
-        loss = jnp.mean(cross_entropy(logits, micro_batch["label"], label_smoothing))
-        return loss, (logits, updates.get("batch_stats", {}))
+        return loss_fn(logits, micro_batch), (logits, updates.get("batch_stats", {}))
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
     if accum_steps == 1:
         (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch,
                                                        dropout_rng)
-        labels = batch["label"]
     else:
         micro = _split_micro_batches(batch, accum_steps)
 
@@ -104,16 +103,14 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
             accumulate, (zeros, state.batch_stats), (micro, jnp.arange(accum_steps)))
         grads = jax.tree.map(lambda g: g / accum_steps, grads)
         loss = jnp.mean(losses)
-        logits = logits.reshape(-1, logits.shape[-1])
-        labels = micro["label"].reshape(-1, *micro["label"].shape[2:])
+        merge = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  (micro-batches -> batch)
+        logits, batch = merge(logits), jax.tree.map(merge, micro)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if labels.ndim == logits.ndim:  # soft labels
-        labels = jnp.argmax(labels, -1)
     metrics = {
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        **metrics_fn(logits, batch),
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(state.params),  # non-finite if the update overflowed
     }
@@ -123,7 +120,7 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
 
 
 def _split_micro_batches(batch: dict, accum_steps: int) -> dict:
-    size = batch["label"].shape[0]
+    size = batch["image"].shape[0]
     if size % accum_steps:
         raise ValueError(f"A batch of {size} examples cannot be split into {accum_steps} "
                          f"equal micro-batches (accum_steps); make it a multiple of {accum_steps}.")
@@ -131,15 +128,13 @@ def _split_micro_batches(batch: dict, accum_steps: int) -> dict:
 
 
 def eval_step(state: TrainState, batch: dict, *, top_k: tuple[int, ...] = (5,),
-              axis_name: str | None = None) -> dict:
+              axis_name: str | None = None, counts_fn: Callable | None = None) -> dict:
     """Additive evaluation counts for `batch`; examples with `batch['mask'] == 0` (padding)
-    count for nothing. Sum them with `metrics.add_counts`, then `metrics.summarize`. Under
-    `jax.pmap` over `axis_name` the counts are summed over the devices."""
+    count for nothing. Sum them with `metrics.add_counts`, then the task's `summarize`. Under
+    `jax.pmap` over `axis_name` the counts are summed over the devices. `counts_fn(logits,
+    batch)` is the task's (default: classification's, with `top_k`)."""
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                             batch["image"], train=False)
-    losses = cross_entropy(logits, batch["label"])
-    weights = batch.get("mask")
-    counts = metrics_lib.eval_counts(logits, batch["label"], losses,
-                                     None if weights is None else weights.astype(jnp.float32),
-                                     top_k)
+    counts_fn = counts_fn or functools.partial(classification.eval_counts, top_k=top_k)
+    counts = counts_fn(logits, batch)
     return counts if axis_name is None else jax.lax.psum(counts, axis_name)
