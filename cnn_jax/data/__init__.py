@@ -5,6 +5,9 @@
 | digits | scikit-learn's 8x8 digits, embedded (no download) | image_size |
 | mnist, fashion_mnist, cifar10, cifar100, imagenette, imagenet2012 | TFDS, prepared once with `python -m cnn_jax.data.prepare NAME` | data_dir, image_size |
 | image_folder | `root/<class>/*.{png,jpg,jpeg}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify |
+| segmentation_folder | `root/images/*` + `root/masks/*.png` (or `root/train/...`, `root/test/...`), per-pixel masks | root, image_size, channels, binary, num_classes, ignore_value, test_fraction, split_seed |
+| membrane | ISBI 2012 EM slices with membrane masks (../shared/data/membrane), slices 24-29 held out | root, image_size |
+| oxford_iiit_pet_seg | TFDS oxford_iiit_pet's trimaps: background/pet, the border ignored | data_dir, image_size |
 | subset | some classes of another dataset, relabeled, optionally few training examples each | base, classes, train_per_class, subset_seed, data_dir, image_size |
 
 To add a dataset: write a loader `load(split, **options) -> Dataset` in this folder and add it
@@ -20,8 +23,10 @@ from typing import Callable
 from cnn_jax.data.dataset import ArraySource, Dataset, MissingSplit, check_labels, from_arrays
 from cnn_jax.data.digits import load_digits
 from cnn_jax.data.image_folder import load_image_folder
+from cnn_jax.data.membrane import load_membrane
 from cnn_jax.data.pipeline import (eval_batches, split_for_devices, steps_per_epoch, train_dataset,
                                    train_iterator)
+from cnn_jax.data.segmentation_folder import load_segmentation_folder
 from cnn_jax.data.subset import load_subset
 from cnn_jax.data.tfds_datasets import TFDS_DATASETS, load_tfds
 
@@ -30,6 +35,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "image_folder": load_image_folder,
     **{name: functools.partial(load_tfds, name=name) for name in TFDS_DATASETS},
     "subset": load_subset,
+    "segmentation_folder": load_segmentation_folder,
+    "membrane": load_membrane,
 }
 
 
