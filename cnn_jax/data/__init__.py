@@ -6,7 +6,7 @@
 | mnist, fashion_mnist, cifar10, cifar100, imagenette, imagenet2012 | TFDS, prepared once with `python -m cnn_jax.data.prepare NAME` | data_dir, image_size |
 | image_folder | `root/<class>/*.{png,jpg,jpeg}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify |
 | segmentation_folder | `root/images/*` + `root/masks/*.png` (or `root/train/...`, `root/test/...`), per-pixel masks | root, image_size, channels, binary, num_classes, ignore_value, test_fraction, split_seed |
-| membrane | ISBI 2012 EM slices with membrane masks (../shared/data/membrane), slices 24-29 held out | root, image_size |
+| membrane | ISBI 2012 EM slices with membrane masks (../shared/data/membrane), slices 24-29 held out | root, image_size, train_repeats |
 | oxford_iiit_pet_seg | TFDS oxford_iiit_pet's trimaps: background/pet, the border ignored | data_dir, image_size |
 | subset | some classes of another dataset, relabeled, optionally few training examples each | base, classes, train_per_class, subset_seed, data_dir, image_size |
 

@@ -8,6 +8,7 @@ contiguous block, so no test slice has a training neighbour on both sides) are h
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from cnn_jax.data.dataset import Dataset
@@ -18,7 +19,23 @@ TEST_SLICES = tuple(range(24, 30))
 CLASS_NAMES = ("membrane", "cell")
 
 
-def load_membrane(split: str, root: str = DEFAULT_ROOT, image_size: int | None = None) -> Dataset:
+class Repeated:
+    """A source whose examples come `repeats` times (example i is source[i % len(source)]):
+    longer epochs of a tiny set, each copy cropped and flipped differently by the transforms."""
+
+    def __init__(self, source, repeats: int):
+        self.source, self.repeats = source, repeats
+
+    def __len__(self) -> int:
+        return len(self.source) * self.repeats
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[int(i) % len(self.source)]
+
+
+def load_membrane(split: str, root: str = DEFAULT_ROOT, image_size: int | None = None,
+                  train_repeats: int = 1) -> Dataset:
+    """`train_repeats`: each training slice that many times an epoch (the test split once)."""
     if split not in ("train", "test"):
         raise ValueError(f"Unknown split {split!r} for 'membrane'. Valid choices: train, test.")
     root = Path(root)
@@ -29,5 +46,10 @@ def load_membrane(split: str, root: str = DEFAULT_ROOT, image_size: int | None =
     files = pairs(root / "image", root / "label")
     test = [f for f in files if int(f[0].stem) in TEST_SLICES]
     train = [f for f in files if int(f[0].stem) not in TEST_SLICES]
-    return load_pairs(train, test, split, class_names=CLASS_NAMES, image_size=image_size,
-                      channels=1, binary=True, name="membrane")
+    if not isinstance(train_repeats, int) or train_repeats < 1:
+        raise ValueError(f"membrane: train_repeats must be a positive int, got {train_repeats!r}.")
+    dataset = load_pairs(train, test, split, class_names=CLASS_NAMES, image_size=image_size,
+                         channels=1, binary=True, name="membrane")
+    if split == "train" and train_repeats > 1:
+        dataset = dataclasses.replace(dataset, source=Repeated(dataset.source, train_repeats))
+    return dataset

@@ -24,6 +24,7 @@ into class probabilities, mixed in the same proportion as the pixels.
 | center_crop(size) | the central size x size window |
 | random_crop(size=None, padding=0) | pad, then a random size x size window (default: input size) |
 | hflip(p=0.5) | mirror left-right with probability p |
+| vflip(p=0.5) | mirror top-bottom with probability p (for images with no "up": cells, satellites) |
 | random_resized_crop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) | Inception-style: a random area fraction and aspect ratio, resized to size x size |
 | normalize(mean=None, std=None) | (x - mean) / std per channel; default: the dataset's |
 | mixup(alpha=0.2) | x = l x + (1 - l) x[perm], same for labels, l ~ Beta(alpha, alpha) |
@@ -169,6 +170,19 @@ def hflip(p: float = 0.5, *, targets: tuple = ()) -> Transform:
     return fn
 
 
+def vflip(p: float = 0.5, *, targets: tuple = ()) -> Transform:
+    if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+        raise ValueError(f"vflip: p must lie in [0, 1], got {p!r}.")
+    p = float(p)
+
+    def fn(key, batch):
+        flip = jax.random.bernoulli(key, p, (batch["image"].shape[0], 1, 1, 1))
+        mirror = lambda x: jnp.where(flip, x[:, ::-1], x)  # noqa: E731
+        return _move(batch, mirror, mirror, targets)
+
+    return fn
+
+
 def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), *,
                         targets: tuple = ()) -> Transform:
     """A window of a random fraction `scale` of the area and aspect ratio (w/h, log-uniform)
@@ -288,10 +302,10 @@ def cutmix(alpha: float = 1.0, *, num_classes: int) -> Transform:
 
 TRANSFORMS: dict[str, Callable[..., Transform]] = {
     "pad": pad, "resize": resize, "center_crop": center_crop, "random_crop": random_crop,
-    "hflip": hflip, "random_resized_crop": random_resized_crop, "normalize": normalize,
+    "hflip": hflip, "vflip": vflip, "random_resized_crop": random_resized_crop, "normalize": normalize,
     "mixup": mixup, "cutmix": cutmix,
 }
-RANDOM = {"random_crop", "hflip", "random_resized_crop", "mixup", "cutmix"}
+RANDOM = {"random_crop", "hflip", "vflip", "random_resized_crop", "mixup", "cutmix"}
 
 
 def parse_spec(spec: str) -> list[tuple[str, tuple, dict]]:

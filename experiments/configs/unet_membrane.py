@@ -1,0 +1,41 @@
+"""U-Net on the ISBI 2012 EM membrane images, CPU-sized.
+
+Command (from the repository root; the data at ../shared/data/membrane, see SOURCES.md):
+    python -m experiments.train --config experiments/configs/unet_membrane.py \
+        --workdir runs/unet_membrane
+
+Split: slices 0-23 train, 24-29 held out as 'test' (the challenge's own test labels are not
+public). Training sees random 128x128 crops of the 512x512 slices, flipped both ways, each
+slice 8 times an epoch; evaluation runs on the six whole 512x512 held-out slices.
+U-Net at width 16 (16-256 channels, 1/16 of the classic layout), BatchNorm, Adam.
+
+Result: RESULT_PLACEHOLDER
+Reference: U-Net's pixel error on the challenge's test set is 0.0611 (accuracy 0.939;
+Ronneberger et al. 2015, Table 1); zhixuhao/unet's "about 0.97" is its training accuracy.
+"""
+
+from cnn_jax.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.task = "segmentation"
+    config.dataset.name = "membrane"
+    config.dataset.root = "../shared/data/membrane"
+    config.dataset.train_repeats = 8
+    config.model.name = "unet"
+    config.model.width = 16
+    config.model.norm = "batch"
+    config.model.upsample = "transpose"
+    config.num_epochs = 12
+    config.batch_size = 8
+    config.eval_batch_size = 6
+    config.train_transforms = "random_crop(128)|hflip|vflip|normalize"
+    config.eval_transforms = "normalize"
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-3
+    config.schedule.name = "cosine"
+    config.schedule.warmup_epochs = 1.0
+    config.log_every_steps = 12
+    config.checkpoint.best_metric = "test_mean_iou"
+    return config
