@@ -5,6 +5,11 @@
 writes `report/`: loss.png and accuracy.png (train and test per epoch, with the train loss
 per logged step), learning_rate.png, confusion_matrix.png, and summary.md (final and best
 metrics, per-class precision/recall/F1, the config, wall time and hardware).
+
+What differs by task is one function in `TASK_REPORTS`: a segmentation run (config.task)
+gets segmentation_metrics.png (pixel accuracy, mean IoU and Dice per epoch), predictions.png
+(test images with their true and predicted masks overlaid) and a summary with per-class IoU
+and Dice instead of the confusion matrix and per-class precision/recall/F1.
 """
 
 from __future__ import annotations
@@ -124,6 +129,75 @@ def summary_markdown(workdir: str, config: dict, epochs: list[dict], final: dict
     return "\n".join(lines) + "\n"
 
 
+def segmentation_report(workdir: str, config: dict, epochs: list[dict], final: dict | None,
+                        environment: dict, out: str, num_images: int = 3) -> list[str]:
+    """segmentation_metrics.png, predictions.png (from the run's latest checkpoint, where it
+    has one) and summary.md of a segmentation run."""
+    from cnn_jax.tasks import segmentation
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for key, label in (("test_accuracy", "pixel accuracy"), ("test_mean_iou", "mean IoU"),
+                       ("test_mean_dice", "mean Dice"), ("test_fw_iou", "freq.-weighted IoU")):
+        ax.plot([e["step"] for e in epochs], [e[key] for e in epochs], "o-", ms=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("test (held-out) metric")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    written = [_save(fig, os.path.join(out, "segmentation_metrics.png"))]
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        segment, _, dataset = segmentation.segmenter(workdir)
+        ignore = config.get("segmentation", {}).get("ignore_value", 255)
+        n = min(num_images, len(dataset))
+        fig, axes = plt.subplots(n, 2, figsize=(7, 3.5 * n), squeeze=False)
+        for i in range(n):
+            example = dataset.source[i]
+            image, truth = np.asarray(example["image"]), np.asarray(example["label"])
+            predicted = segment(image[None])[0].argmax(-1)
+            accuracy = np.mean(predicted[truth != ignore] == truth[truth != ignore])
+            for ax, mask, title in ((axes[i, 0], truth, f"test image {i}: true mask"),
+                                    (axes[i, 1], predicted,
+                                     f"predicted (pixel accuracy {accuracy:.1%})")):
+                ax.imshow(segmentation.overlay(image, mask, ignore))
+                ax.set_title(title, fontsize=9)
+                ax.axis("off")
+        written.append(_save(fig, os.path.join(out, "predictions.png")))
+    if final is not None:
+        best_key = config["checkpoint"]["best_metric"] or "test_mean_iou"
+        best = max(epochs, key=lambda e: e[best_key])
+        lines = [f"# Run report: {os.path.basename(os.path.abspath(workdir))}", "",
+                 f"{config['model']['name']} on {config['dataset']['name']} (segmentation), "
+                 f"{config['num_epochs']} epochs of batch {config['batch_size']}, seed "
+                 f"{config['seed']}; {final['num_examples']} test images, {final['num_pixels']:,} "
+                 "labelled pixels.", "", "| metric | final | best |", "| --- | --- | --- |"]
+        for key, name in (("accuracy", "pixel accuracy"), ("mean_iou", "mean IoU"),
+                          ("mean_dice", "mean Dice"), ("fw_iou", "frequency-weighted IoU"),
+                          ("loss", "loss")):
+            pick = min if key == "loss" else max
+            lines.append(f"| test {name} | {final[key]:.4f} | "
+                         f"{pick(e['test_' + key] for e in epochs):.4f} |")
+        lines += ["", f"Best {best_key}: {best[best_key]:.4g} at epoch {best['epoch']}.", "",
+                  "| class | IoU | Dice |", "| --- | --- | --- |"]
+        for name, iou, dice in zip(final["class_names"], final["per_class_iou"],
+                                   final["per_class_dice"]):
+            lines.append(f"| {name} | {'-' if iou is None else f'{iou:.4f}'} | "
+                         f"{'-' if dice is None else f'{dice:.4f}'} |")
+        seconds = sum(e["epoch_seconds"] for e in epochs)
+        session = environment.get("sessions", [{}])[-1]
+        lines += ["", f"{seconds:.1f} s of training and evaluation; devices: "
+                  f"{session.get('device_kind')} x {len(session.get('devices', []))}.", "",
+                  "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+        path = os.path.join(out, "summary.md")
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+        written.append(path)
+    return written
+
+
+# What a task draws beyond the loss/accuracy curves: fn(workdir, config, epochs, final,
+# environment, out) -> files written. Classification's is the default path below.
+TASK_REPORTS = {"segmentation": segmentation_report}
+
+
 def write_report(workdir: str) -> list[str]:
     """Writes the report into `workdir/report/`; returns the files written."""
     needed = [os.path.join(workdir, f) for f in ("config.json", "metrics.jsonl")]
@@ -144,6 +218,13 @@ def write_report(workdir: str) -> list[str]:
                            os.path.join(out, "accuracy.png"))]
     if steps:
         written.append(plot_learning_rate(steps, os.path.join(out, "learning_rate.png")))
+    from cnn_jax.tasks import DATASET_TASKS
+    task = config.get("task") or DATASET_TASKS.get(config["dataset"]["name"], "classification")
+    if task in TASK_REPORTS:
+        env_path = os.path.join(workdir, "environment.json")
+        return written + TASK_REPORTS[task](
+            workdir, config, epochs, read_json(final_path) if os.path.exists(final_path) else None,
+            read_json(env_path) if os.path.exists(env_path) else {}, out)
     if os.path.exists(final_path):
         final = read_json(final_path)
         written.append(plot_confusion(final["confusion_matrix"], final["class_names"],

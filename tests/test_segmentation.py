@@ -27,7 +27,9 @@ from cnn_jax.metrics import add_counts
 from cnn_jax.models import MODELS, ModelEntry
 from cnn_jax.tasks import segmentation
 from cnn_jax.train import train_and_evaluate
+from cnn_jax.tasks.segmentation import predict_folder
 from cnn_jax.train.checkpoint import restore_variables
+from experiments.report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
@@ -263,6 +265,19 @@ def test_a_segmentation_run_end_to_end(tmp_path, tiny_seg):
     assert final["num_pixels"] == 4 * (16 * 16 - 2)  # 4 test images, 2 ignored pixels each
     assert np.sum(final["confusion_matrix"]) == final["num_pixels"]
     assert final["class_names"] == ["dark", "mid", "bright"]
+
+    written = write_report(str(tmp_path / "run"))  # the report draws the task's pictures
+    assert {"segmentation_metrics.png", "predictions.png", "summary.md"} <= {
+        os.path.basename(p) for p in written}
+    assert "| test mean IoU |" in open(tmp_path / "run" / "report" / "summary.md").read()
+    # predicted masks for a folder of images, as palette PNGs holding the classes
+    masks = [p for p in predict_folder(str(tmp_path / "run"), str(root / "images"),
+                                       str(tmp_path / "pred")) if "/masks/" in p]
+    assert len(masks) == 20
+    segment, _, _ = segmentation.segmenter(str(tmp_path / "run"))
+    image = np.asarray(Image.open(root / "images" / "img3.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "pred" / "masks" / "img3.png")),
+                                  segment(image[None])[0].argmax(-1))
 
 
 def test_bad_combinations_are_refused_before_compute(tmp_path, tiny_seg):

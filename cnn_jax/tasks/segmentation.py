@@ -15,6 +15,8 @@ and frequency-weighted IoU (`cnn_jax.metrics.segmentation_summary`).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,3 +180,124 @@ def log_line(test: dict) -> str:
 def predict_masks(logits: jax.Array) -> np.ndarray:
     """(N, H, W, classes) logits -> (N, H, W) uint8 class masks (what `predict` writes)."""
     return np.asarray(jnp.argmax(logits, -1)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- pictures and prediction
+
+def palette(num_colors: int = 256) -> np.ndarray:
+    """PASCAL VOC's colour map: (num_colors, 3) uint8; class 0 black, 255 (ignore) near white."""
+    colors = np.zeros((num_colors, 3), np.uint8)
+    for i in range(num_colors):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors[i] = (r, g, b)
+    return colors
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, ignore_value: int = 255,
+            alpha: float = 0.45) -> np.ndarray:
+    """The image (H, W, C) in [0, 255] with the mask's class colours blended over it (ignored
+    pixels left bare): (H, W, 3) uint8. Class 0 is drawn in blue rather than VOC's black."""
+    image = np.asarray(image, np.float64)
+    rgb = np.repeat(image, 3, -1) if image.shape[-1] == 1 else image
+    colors = palette().astype(np.float64)
+    colors[0] = (40, 90, 220)
+    paint = colors[np.asarray(mask)]
+    keep = (np.asarray(mask) == ignore_value)[..., None]
+    return np.where(keep, rgb, (1 - alpha) * rgb + alpha * paint).clip(0, 255).astype(np.uint8)
+
+
+def save_mask(path: str, mask: np.ndarray) -> str:
+    """A (H, W) class mask as a palette PNG: its pixel values are the classes (what
+    `segmentation_folder` reads back), its colours VOC's."""
+    from PIL import Image
+    img = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
+    img.putpalette(palette().reshape(-1).tolist())
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img.save(path)
+    return path
+
+
+def write_outputs(run, names: list[str], images: np.ndarray, outputs: np.ndarray, out: str,
+                  top_k: int = 0, pictures: bool = False) -> list[str]:
+    """The per-task output of `predict`: masks/<name>.png (palette PNGs of the predicted
+    classes) and, with `pictures`, pictures/<name>.png (the image with the mask overlaid).
+    `outputs` are (N, H, W, classes) logits; `run` is unused (the signature is predict's)."""
+    from PIL import Image
+    written = []
+    for name, image, logits in zip(names, images, outputs):
+        stem = os.path.splitext(name)[0] + ".png"
+        mask = np.asarray(logits).argmax(-1)
+        written.append(save_mask(os.path.join(out, "masks", stem), mask))
+        if pictures:
+            path = os.path.join(out, "pictures", stem)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(overlay(image, mask)).save(path)
+            written.append(path)
+    return written
+
+
+def segmenter(workdir: str, best: bool = False):
+    """(segment, config, test dataset) of a segmentation run: `segment(images)` takes (N, H, W,
+    C) uint8 images of the run's channels, any H and W (padded here to a multiple of 32), and
+    returns their (N, H, W, classes) logits under the run's evaluation transforms."""
+    import ml_collections
+    from cnn_jax.data import get_dataset
+    from cnn_jax.data.transforms import make_preprocess
+    from cnn_jax.models import get_model
+    from cnn_jax.train.checkpoint import restore_variables
+
+    variables, saved = restore_variables(workdir, best=best)
+    config = ml_collections.ConfigDict(saved)
+    dataset_options = {k: v for k, v in saved["dataset"].items() if k != "name"}
+    dataset = get_dataset(saved["dataset"]["name"], "test", **dataset_options)
+    model_options = {k: v for k, v in saved["model"].items() if k != "name"}
+    model_options["dtype"] = jnp.dtype(model_options.get("dtype", "float32"))
+    model = get_model(saved["model"]["name"], num_classes=dataset.num_classes, **model_options)
+    preprocess = make_preprocess(config.eval_transforms, train=False,
+                                 num_classes=dataset.num_classes, mean=dataset.mean,
+                                 std=dataset.std)
+
+    @jax.jit
+    def logits_fn(images):
+        x = preprocess(jax.random.key(0), {"image": images})["image"]
+        return model.apply(variables, x, train=False)
+
+    def segment(images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        h, w = images.shape[1:3]
+        padded = np.pad(images, ((0, 0), (0, -h % 32), (0, -w % 32), (0, 0)), mode="reflect")
+        return np.asarray(logits_fn(padded))[:, :h, :w]
+
+    return segment, config, dataset
+
+
+def predict_folder(workdir: str, folder: str, out: str, pictures: bool = True) -> list[str]:
+    """Predicted masks (and overlays) for every .png/.jpg/.jpeg under `folder`, at each
+    image's own size: `python -m cnn_jax.tasks.segmentation WORKDIR FOLDER OUT`."""
+    from PIL import Image
+    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
+                   if f.lower().endswith((".png", ".jpg", ".jpeg")))
+    if not paths:
+        raise ValueError(f"No image files (.png, .jpg, .jpeg) under {folder}.")
+    segment, _, dataset = segmenter(workdir)
+    channels = dataset.image_shape[-1]
+    written = []
+    for path in paths:
+        with Image.open(path) as img:
+            image = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+        image = image[..., None] if channels == 1 else image
+        written += write_outputs(None, [os.path.relpath(path, folder)], image[None],
+                                 segment(image[None]), out, pictures=pictures)
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m cnn_jax.tasks.segmentation WORKDIR IMAGE_FOLDER OUT_FOLDER")
+    print("\n".join(predict_folder(*sys.argv[1:])))
