@@ -17,6 +17,7 @@ from flax import linen as nn
 
 from cnn_jax.models.alexnet import AlexNet
 from cnn_jax.models.lenet import LeNet5
+from cnn_jax.models.unet import UNet
 from cnn_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
 
@@ -24,6 +25,9 @@ from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
 class ModelEntry(NamedTuple):
     build: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]  # (H, W, C) the architecture was designed for
+    # What the logits are: 'classification' (N, num_classes), 'segmentation' (N, H, W,
+    # num_classes) at the input's resolution.
+    task: str = "classification"
 
 
 IMAGENET = (224, 224, 3)
@@ -51,6 +55,7 @@ for _depth, (_stages, _block) in RESNET_STAGES.items():
     _resnet = functools.partial(ResNet, stage_sizes=_stages, block_cls=_block)
     MODELS[f"resnet{_depth}"] = ModelEntry(functools.partial(_resnet, stem="imagenet"), IMAGENET)
     MODELS[f"resnet{_depth}_cifar"] = ModelEntry(functools.partial(_resnet, stem="cifar"), CIFAR)
+MODELS["unet"] = ModelEntry(UNet, (256, 256, 1), task="segmentation")
 
 
 def _entry(name: str) -> ModelEntry:
@@ -87,5 +92,11 @@ def input_shape(name: str) -> tuple[int, int, int]:
     return _entry(name).input_shape
 
 
-__all__ = ["MODELS", "get_model", "input_shape", "model_options", "LeNet5", "AlexNet", "VGG",
-           "ResNet", "BasicBlock", "BottleneckBlock"]
+def model_task(name: str) -> str:
+    """What the model's logits are for: 'classification' ((N, num_classes)) or
+    'segmentation' ((N, H, W, num_classes), the input's H and W)."""
+    return _entry(name).task
+
+
+__all__ = ["MODELS", "get_model", "input_shape", "model_options", "model_task", "LeNet5",
+           "AlexNet", "VGG", "ResNet", "BasicBlock", "BottleneckBlock", "UNet"]
