@@ -3,6 +3,7 @@
 - `ConvBlock`: convolution -> optional norm -> activation.
 - `DenseBlock`: dense -> activation -> dropout.
 - `ConvTranspose`: PyTorch's transposed convolution (`ConvTranspose2d`), U-Net's up-sampling.
+- `resize_bilinear`: PyTorch's `F.interpolate(mode='bilinear', align_corners=False)`.
 - Pooling: `max_pool`, `avg_pool`, `global_avg_pool`, `global_max_pool`,
   `adaptive_avg_pool` (pure functions) and the `Pool` module wrapping them.
 - Registries by name: `ACTIVATIONS`, `NORMS`, `POOLS`.
@@ -302,6 +303,16 @@ def adaptive_avg_pool(x: jax.Array, output_size: IntOrPair) -> jax.Array:
     x = jnp.concatenate(rows, axis=1)
     cols = [jnp.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in bins(w, out_w)]
     return jnp.concatenate(cols, axis=2)
+
+
+def resize_bilinear(x: jax.Array, size: IntOrPair) -> jax.Array:
+    """NHWC `x` resized to `size` (H, W) by bilinear interpolation with half-pixel centers:
+    PyTorch's `F.interpolate(x, size, mode='bilinear', align_corners=False)`, which segmentation
+    heads use to bring their logits to the input's size (for up-sampling; down-sampling
+    without antialiasing, as PyTorch, not the antialiased default of `jax.image.resize`)."""
+    check_nhwc(x, "resize_bilinear")
+    h, w = _pair(size, "size")
+    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear", antialias=False)
 
 
 POOLS: dict[str, Callable[..., jax.Array]] = {"max": max_pool, "avg": avg_pool}

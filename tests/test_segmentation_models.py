@@ -172,3 +172,115 @@ def test_unet_bad_input():
         abstract_variables(model, (20, 32, 1))
     with pytest.raises(ValueError, match="Unknown U-Net upsample 'deconv'.*resize, transpose"):
         abstract_variables(get_model("unet", num_classes=2, upsample="deconv"), (32, 32, 1))
+
+
+# ---- FCN and DeepLabV3 ---------------------------------------------------------------------
+
+# torchvision 0.29.1, num_classes=21, aux_loss=False, weights=None, weights_backbone=None.
+TORCHVISION_PARAMS = {"fcn_resnet50": 32_957_013, "deeplabv3_resnet50": 39_638_869,
+                      "fcn_resnet101": 51_949_141, "deeplabv3_resnet101": 58_630_997}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_segmentation_parameter_count_equals_torchvision(name):
+    model = get_model(name, num_classes=21)
+    variables = abstract_variables(model, (64, 64, 3))
+    assert count(variables["params"]) == TORCHVISION_PARAMS[name]
+    assert model_task(name) == "segmentation"
+    # Logits at the input's size, whatever it is (the stride-8 map is resized bilinearly).
+    for train in (False, True):
+        out = jax.eval_shape(
+            lambda v, x: model.apply(v, x, train=train, rngs={"dropout": jax.random.key(0)},
+                                     mutable=["batch_stats"] if train else False),
+            variables, jax.ShapeDtypeStruct((2, 67, 45, 3), jnp.float32))
+        logits = out[0] if train else out
+        assert logits.shape == (2, 67, 45, 21) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((8, 8), (64, 64)), ((7, 9), (20, 33)),
+                                          ((9, 9), (65, 67)), ((1, 1), (5, 4)),
+                                          ((12, 10), (7, 5))])  # the last one down-samples
+def test_resize_bilinear_matches_torch_interpolate(in_hw, out_hw):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).normal(size=(2, *in_hw, 3)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)), size=out_hw, mode="bilinear",
+        align_corners=False).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(layers.resize_bilinear(jnp.asarray(x), out_hw), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+# ---- torchvision's weights -----------------------------------------------------------------
+
+def torchvision_model(name, seed):
+    """torchvision's own segmentation model with random weights and BatchNorm statistics."""
+    torchvision = pytest.importorskip("torchvision")
+    from helpers import torch_models
+
+    import torch
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models.segmentation, name)(
+        num_classes=21, aux_loss=False, weights=None, weights_backbone=None)
+    return torch_models.randomize_(model, seed).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_resnet50"])
+def test_imported_torchvision_segmentation_gives_its_logits(name):
+    import torch
+
+    from cnn_jax.transfer import import_torchvision, to_torchvision
+
+    reference = torchvision_model(name, seed=0)
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 72)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x))["out"].numpy().transpose(0, 2, 3, 1)
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+
+    model, variables, report = import_torchvision(state, name, num_classes=21)
+    got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    assert got.shape == (2, 64, 72, 21)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert report.reinitialized == [] and all(k.endswith("num_batches_tracked")
+                                              for k in report.ignored)
+
+    # The export is torchvision's state dict, key for key (its order) and bit for bit, and
+    # torchvision loads it strictly.
+    exported = to_torchvision(variables, name)
+    assert list(exported) == list(state)
+    for key, value in state.items():
+        if not key.endswith("num_batches_tracked"):
+            assert np.array_equal(exported[key], value), key
+    fresh = torchvision_model(name, seed=1)
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+    with torch.no_grad():
+        np.testing.assert_array_equal(fresh(torch.from_numpy(x))["out"].numpy(),
+                                      expected.transpose(0, 3, 1, 2))
+
+
+def test_imagenet_classifier_initializes_the_segmentation_backbone():
+    torchvision = pytest.importorskip("torchvision")
+    from helpers import torch_models
+
+    from cnn_jax.transfer import import_torchvision, to_torchvision
+
+    classifier = torch_models.randomize_(torchvision.models.resnet50(weights=None), seed=2)
+    state = {k: v.numpy() for k, v in classifier.state_dict().items()}
+    model, variables, report = import_torchvision(state, "fcn_resnet50", num_classes=3,
+                                                  reinit=("classifier",),
+                                                  input_shape=(64, 64, 3))
+    # The backbone is the classifier's, array for array; the head is fresh; fc.* unused.
+    exported = to_torchvision(variables, "fcn_resnet50")
+    for key, value in state.items():
+        if not key.startswith("fc.") and not key.endswith("num_batches_tracked"):
+            assert np.array_equal(exported[f"backbone.{key}"], value), key
+    assert {k for k in report.ignored if not k.endswith("num_batches_tracked")} == {
+        "fc.weight", "fc.bias"}
+    assert variables["params"]["classifier"]["out"]["kernel"].shape == (1, 1, 512, 3)
+    assert sorted(set(p.split("/")[1] for p in report.reinitialized)) == ["classifier"]
+    head_norm = variables["batch_stats"]["classifier"]["block"]["norm"]
+    assert np.all(np.asarray(head_norm["mean"]) == 0) and np.all(np.asarray(head_norm["var"]) == 1)
+    # Without reinit the missing head is an error that says what to do.
+    with pytest.raises(ValueError, match=r"reinit=\('classifier',\)"):
+        import_torchvision(state, "fcn_resnet50", num_classes=3, input_shape=(64, 64, 3))

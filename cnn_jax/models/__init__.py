@@ -17,8 +17,9 @@ from flax import linen as nn
 
 from cnn_jax.models.alexnet import AlexNet
 from cnn_jax.models.lenet import LeNet5
+from cnn_jax.models.segmentation import SegmentationModel
 from cnn_jax.models.unet import UNet
-from cnn_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
+from cnn_jax.models.resnet import STAGES as RESNET_STAGES, BasicBlock, BottleneckBlock, ResNet
 from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
 
 
@@ -32,13 +33,6 @@ class ModelEntry(NamedTuple):
 
 IMAGENET = (224, 224, 3)
 CIFAR = (32, 32, 3)
-RESNET_STAGES = {
-    18: ((2, 2, 2, 2), BasicBlock),
-    34: ((3, 4, 6, 3), BasicBlock),
-    50: ((3, 4, 6, 3), BottleneckBlock),
-    101: ((3, 4, 23, 3), BottleneckBlock),
-    152: ((3, 8, 36, 3), BottleneckBlock),
-}
 
 MODELS: dict[str, ModelEntry] = {
     "lenet5": ModelEntry(LeNet5, (32, 32, 1)),
@@ -56,6 +50,11 @@ for _depth, (_stages, _block) in RESNET_STAGES.items():
     MODELS[f"resnet{_depth}"] = ModelEntry(functools.partial(_resnet, stem="imagenet"), IMAGENET)
     MODELS[f"resnet{_depth}_cifar"] = ModelEntry(functools.partial(_resnet, stem="cifar"), CIFAR)
 MODELS["unet"] = ModelEntry(UNet, (256, 256, 1), task="segmentation")
+for _head in ("fcn", "deeplabv3"):
+    for _depth in (50, 101):
+        MODELS[f"{_head}_resnet{_depth}"] = ModelEntry(
+            functools.partial(SegmentationModel, head=_head, backbone=f"resnet{_depth}"),
+            (520, 520, 3), task="segmentation")
 
 
 def _entry(name: str) -> ModelEntry:
@@ -99,4 +98,5 @@ def model_task(name: str) -> str:
 
 
 __all__ = ["MODELS", "get_model", "input_shape", "model_options", "model_task", "LeNet5",
-           "AlexNet", "VGG", "ResNet", "BasicBlock", "BottleneckBlock", "UNet"]
+           "AlexNet", "VGG", "ResNet", "BasicBlock", "BottleneckBlock", "UNet",
+           "SegmentationModel"]

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cnn_jax.layers import ConvBlock, ConvTranspose, check_nhwc, max_pool
+from cnn_jax.layers import ConvBlock, ConvTranspose, check_nhwc, max_pool, resize_bilinear
 
 UPSAMPLE = ("transpose", "resize")
 
@@ -77,8 +77,7 @@ class UNet(nn.Module):
             if self.upsample == "transpose":
                 x = ConvTranspose(features, 2, 2, dtype=self.dtype, name=name)(x)
             else:
-                n, h, w, c = x.shape
-                x = jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear")
+                x = resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]))
                 x = ConvBlock(features, 2, padding="SAME", act="none", dtype=self.dtype,
                               name=name)(x, train)
             x = jnp.concatenate([skips[level], x], axis=-1)  # the paper's order: skip first
