@@ -17,24 +17,22 @@ from flax import linen as nn
 
 from cnn_jax.models.alexnet import AlexNet
 from cnn_jax.models.lenet import LeNet5
-from cnn_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
+from cnn_jax.models.segmentation import SegmentationModel
+from cnn_jax.models.unet import UNet
+from cnn_jax.models.resnet import STAGES as RESNET_STAGES, BasicBlock, BottleneckBlock, ResNet
 from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
 
 
 class ModelEntry(NamedTuple):
     build: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]  # (H, W, C) the architecture was designed for
+    # What the logits are: 'classification' (N, num_classes), 'segmentation' (N, H, W,
+    # num_classes) at the input's resolution.
+    task: str = "classification"
 
 
 IMAGENET = (224, 224, 3)
 CIFAR = (32, 32, 3)
-RESNET_STAGES = {
-    18: ((2, 2, 2, 2), BasicBlock),
-    34: ((3, 4, 6, 3), BasicBlock),
-    50: ((3, 4, 6, 3), BottleneckBlock),
-    101: ((3, 4, 23, 3), BottleneckBlock),
-    152: ((3, 8, 36, 3), BottleneckBlock),
-}
 
 MODELS: dict[str, ModelEntry] = {
     "lenet5": ModelEntry(LeNet5, (32, 32, 1)),
@@ -51,6 +49,12 @@ for _depth, (_stages, _block) in RESNET_STAGES.items():
     _resnet = functools.partial(ResNet, stage_sizes=_stages, block_cls=_block)
     MODELS[f"resnet{_depth}"] = ModelEntry(functools.partial(_resnet, stem="imagenet"), IMAGENET)
     MODELS[f"resnet{_depth}_cifar"] = ModelEntry(functools.partial(_resnet, stem="cifar"), CIFAR)
+MODELS["unet"] = ModelEntry(UNet, (256, 256, 1), task="segmentation")
+for _head in ("fcn", "deeplabv3"):
+    for _depth in (50, 101):
+        MODELS[f"{_head}_resnet{_depth}"] = ModelEntry(
+            functools.partial(SegmentationModel, head=_head, backbone=f"resnet{_depth}"),
+            (520, 520, 3), task="segmentation")
 
 
 def _entry(name: str) -> ModelEntry:
@@ -87,5 +91,12 @@ def input_shape(name: str) -> tuple[int, int, int]:
     return _entry(name).input_shape
 
 
-__all__ = ["MODELS", "get_model", "input_shape", "model_options", "LeNet5", "AlexNet", "VGG",
-           "ResNet", "BasicBlock", "BottleneckBlock"]
+def model_task(name: str) -> str:
+    """What the model's logits are for: 'classification' ((N, num_classes)) or
+    'segmentation' ((N, H, W, num_classes), the input's H and W)."""
+    return _entry(name).task
+
+
+__all__ = ["MODELS", "get_model", "input_shape", "model_options", "model_task", "LeNet5",
+           "AlexNet", "VGG", "ResNet", "BasicBlock", "BottleneckBlock", "UNet",
+           "SegmentationModel"]
