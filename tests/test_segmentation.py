@@ -369,3 +369,23 @@ def test_sigkill_and_resume_of_a_segmentation_run_ends_bit_identical(tmp_path):
         return [{k: v for k, v in json.loads(line).items() if k not in timing}
                 for line in open(path)]
     assert records(workdir / "metrics.jsonl") == records(tmp_path / "reference" / "metrics.jsonl")
+
+
+def test_pets_masks_through_tfds_data_source():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=6):
+        train = get_dataset("oxford_iiit_pet_seg", "train", image_size=32)
+        assert len(train) == 6 and train.class_names == ("background", "pet")
+        from cnn_jax.tasks import task_name
+        config = default_config()
+        config.dataset.name = "oxford_iiit_pet_seg"
+        assert task_name(config) == "segmentation"
+        segmentation.check_dataset(train, "pets")  # masks of the image's size, valid values
+        ex = train.source[2]
+        assert ex["image"].shape == (32, 32, 3) and ex["label"].shape == (32, 32)
+        assert set(np.unique(ex["label"])) <= {0, 1, 255}
+    from cnn_jax.data.segmentation_tfds import TRIMAP_TO_CLASS, mask_center_crop
+    np.testing.assert_array_equal(TRIMAP_TO_CLASS[[1, 2, 3, 0]], [1, 0, 255, 255])
+    mask = np.repeat(np.repeat(np.arange(12).reshape(3, 4), 10, 0), 10, 1)  # 30x40 blocks
+    crop = mask_center_crop(mask, (15, 15))  # scale 0.5 -> 15x20, the centre 15x15
+    np.testing.assert_array_equal(crop, mask[::2, ::2][:, 2:17])

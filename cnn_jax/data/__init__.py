@@ -27,6 +27,7 @@ from cnn_jax.data.membrane import load_membrane
 from cnn_jax.data.pipeline import (eval_batches, split_for_devices, steps_per_epoch, train_dataset,
                                    train_iterator)
 from cnn_jax.data.segmentation_folder import load_segmentation_folder
+from cnn_jax.data.segmentation_tfds import load_pets_seg
 from cnn_jax.data.subset import load_subset
 from cnn_jax.data.tfds_datasets import TFDS_DATASETS, load_tfds
 
@@ -37,6 +38,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "subset": load_subset,
     "segmentation_folder": load_segmentation_folder,
     "membrane": load_membrane,
+    "oxford_iiit_pet_seg": load_pets_seg,
 }
 
 
