@@ -95,7 +95,8 @@ def test_config_files_build_and_trace_on_mock_data(path, tmp_path):
     from cnn_jax import data as data_lib
     from cnn_jax.data.transforms import make_preprocess
     from cnn_jax.models import get_model
-    from cnn_jax.train.loop import make_steps, model_input_shape
+    from cnn_jax.tasks import task_of
+    from cnn_jax.train.loop import make_steps, model_input_shape, task_transform_options
     from cnn_jax.train.optim import make_optimizer, make_schedule
     from cnn_jax.train.step import create_train_state
 
@@ -111,14 +112,25 @@ def test_config_files_build_and_trace_on_mock_data(path, tmp_path):
             for i in range(3):
                 Image.new("RGB", (40, 30), (i * 80, 40 + i, 200 - i)).save(tmp_path / c / f"{i}.png")
         options["root"] = str(tmp_path)
+    if config.dataset.name == "membrane":  # 30 small slices stand in for ../shared's
+        from PIL import Image
+        for folder in ("image", "label"):
+            (tmp_path / folder).mkdir()
+        for i in range(30):
+            Image.new("L", (128, 128), i).save(tmp_path / "image" / f"{i}.png")
+            Image.new("L", (128, 128), 255 * (i % 2)).save(tmp_path / "label" / f"{i}.png")
+        options["root"] = str(tmp_path)
     # A class subset needs enough mock examples to hold some of its classes.
     with tfds.testing.mock_data(num_examples=64 if config.dataset.name == "subset" else 4):
         ds = data_lib.get_dataset(config.dataset.name, "train", **options)
-    stats = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
+    task = task_of(config)
+    stats = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                 **task_transform_options(task, config))
     train_pre = make_preprocess(config.train_transforms, **stats)
     eval_pre = make_preprocess(config.eval_transforms, train=False, **stats)
-    shape = model_input_shape(train_pre, ds)
-    assert model_input_shape(eval_pre, ds) == shape
+    shape = model_input_shape(train_pre, ds, task)
+    if not task.spatial_targets:  # a segmentation model may evaluate at another size
+        assert model_input_shape(eval_pre, ds, task) == shape
     model = get_model(config.model.name, num_classes=ds.num_classes,
                       **{k: v for k, v in config.model.items() if k != "name"})
     tx = make_optimizer(config.optimizer, make_schedule(config.schedule,
@@ -127,7 +139,7 @@ def test_config_files_build_and_trace_on_mock_data(path, tmp_path):
     train_fn, eval_fn = (jax.jit(f) for f in make_steps(config, train_pre, eval_pre))
     n = config.batch_size
     batch = {"image": jax.ShapeDtypeStruct((n, *ds.image_shape), jnp.asarray(ds.source[0]["image"]).dtype),
-             "label": jax.ShapeDtypeStruct((n,), jnp.int32)}
+             **{k: jax.ShapeDtypeStruct((n, *s), d) for k, (s, d) in task.targets(ds.image_shape).items()}}
     new_state, metrics = jax.eval_shape(train_fn, state, batch)
     assert metrics["loss"].shape == () and new_state.step.shape == ()
     counts = jax.eval_shape(eval_fn, state, {**batch, "mask": jax.ShapeDtypeStruct((n,), jnp.float32)})
