@@ -27,7 +27,7 @@ def get_config():
     config.model.width = 16
     config.model.norm = "batch"
     config.model.upsample = "transpose"
-    config.num_epochs = 6
+    config.num_epochs = 12
     config.batch_size = 8
     config.eval_batch_size = 6
     config.train_transforms = "random_crop(128)|hflip|vflip|normalize"
