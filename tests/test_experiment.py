@@ -131,4 +131,6 @@ def test_config_files_build_and_trace_on_mock_data(path, tmp_path):
     new_state, metrics = jax.eval_shape(train_fn, state, batch)
     assert metrics["loss"].shape == () and new_state.step.shape == ()
     counts = jax.eval_shape(eval_fn, state, {**batch, "mask": jax.ShapeDtypeStruct((n,), jnp.float32)})
-    assert counts
+    k = ds.num_classes
+    expected = {"count": (), "loss_sum": (), "confusion": (k, k), **({"top5_correct": ()} if k > 5 else {})}
+    assert {name: c.shape for name, c in counts.items()} == expected
