@@ -29,9 +29,15 @@ PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on every interface, as the coordinator binds it ([::]:PORT)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+            return s.getsockname()[1]
+    except OSError:  # no IPv6
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
 
 
 def _stop_with_parent(parent: int):

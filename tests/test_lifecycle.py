@@ -236,28 +236,39 @@ def test_a_second_run_on_a_locked_workdir_is_refused(tmp_path):
     assert os.listdir(workdir) == []
 
 
-def _slow_run(workdir, signal_at):
-    """LeNet-5 on the digits upsized to 128x128 on device, 256 a batch: a step of seconds on 2
-    cores (most of it on the device, none of it on the host)."""
+SLOW_CONFIG = """
+import ml_collections
+from experiments.configs.lenet5_digits import get_config as digits_config
+
+
+def get_config():  # VGG-11 (CIFAR head) on the digits, 32 a batch: a step of seconds on 2 cores
+    config = digits_config()
+    config.model = ml_collections.ConfigDict({"name": "vgg11_cifar", "dtype": "float32"})
+    config.log_every_steps = 40  # no sync for 40 steps: all the room a loop could run ahead
+    return config
+"""
+
+
+def _slow_run(tmp_path, name, signal_at):
+    (tmp_path / "slow_config.py").write_text(SLOW_CONFIG)
     return subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", "--config",
-         "experiments/configs/lenet5_digits.py", "--workdir", str(workdir),
-         "--config.train_transforms=resize(128)", "--config.eval_transforms=resize(128)",
-         "--config.batch_size=256", "--config.num_epochs=4", "--config.log_every_steps=50"],
+        [sys.executable, "-m", "experiments.train", "--config", str(tmp_path / "slow_config.py"),
+         "--workdir", str(tmp_path / name)],
         cwd=ROOT, env={**ENV, "CNN_JAX_TEST_SIGNAL_AT_STEP": signal_at},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_stop_is_prompt_when_a_step_takes_seconds_and_a_second_signal_ends_at_once(tmp_path):
     """Without the bound on run-ahead the loop hands the device steps up to the next interval
     (50 steps here, the whole run) and a stop waits for all of them."""
-    proc = _slow_run(tmp_path / "one", "2")  # SIGTERM once step 2 is computed
+    proc = _slow_run(tmp_path, "one", "2")  # SIGTERM once step 2 is computed
     _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, stderr[-3000:]
     assert stopped_at(stderr) in (3, 4)
     assert "SIGTERM: saving a checkpoint after this step, then stopping" in stderr
 
-    proc = _slow_run(tmp_path / "two", "2,3:SIGINT")  # and Ctrl-C once step 3 is computed
+    proc = _slow_run(tmp_path, "two", "2,3:SIGINT")  # and Ctrl-C once step 3 is computed
     _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGINT, stderr[-3000:]  # ended by the signal itself
     assert "Stopped by" not in stderr and "Traceback" not in stderr
