@@ -11,7 +11,8 @@ Rerunning the same command resumes the run from its workdir's latest checkpoint
 
     python -m experiments.train --config runs/lenet5_digits/config.py --workdir runs/again
 
-SIGTERM or Ctrl-C saves a checkpoint at the next step and exits with status 0 and a message.
+SIGTERM or Ctrl-C saves a checkpoint at the next step and exits with status 0 and a message; a
+second one ends the process at once. A workdir is used by one run at a time (WORKDIR/run.lock).
 """
 
 import os
@@ -25,6 +26,7 @@ from cnn_jax.config import get_value, load_config_file
 from cnn_jax.train import train_and_evaluate
 from cnn_jax.train.loop import Preempted
 from cnn_jax.train.parallel import initialize_distributed
+from cnn_jax.train.workdir import WorkdirLocked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.",
                                           lock_config=True)
@@ -65,6 +67,8 @@ def main(argv):
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:  # a checkpoint was saved: a clean exit, not a failure
         print(e, file=sys.stderr, flush=True)
+    except WorkdirLocked as e:
+        sys.exit(str(e))
 
 
 if __name__ == "__main__":

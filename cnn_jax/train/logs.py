@@ -111,3 +111,25 @@ class Progress:
             sys.stdout.write("\r\x1b[K")
             self.shown = False
         self._log(message)
+
+
+def repair_jsonl(path: str) -> int:
+    """Cuts `path` after its last complete record (a line that ends in a newline and parses), as
+    a crash or a full disk in the middle of a write can leave it torn. Returns the bytes cut."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        data = f.read()
+    end = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n") or (line.strip() and not isinstance(json.loads(line),
+                                                                             dict)):
+                break
+        except ValueError:
+            break
+        end += len(line)
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return len(data) - end

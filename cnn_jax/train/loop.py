@@ -31,8 +31,6 @@ import functools
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -51,7 +49,9 @@ from cnn_jax.train.logs import MetricWriter, Progress
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.parallel import DataParallel, check_batch_sizes
 from cnn_jax.train.step import TrainState, create_train_state, eval_step, train_step
-from cnn_jax.train.workdir import check_same_run, write_json, write_run_files
+from cnn_jax.train.stopping import StopSignals, stop_requested
+from cnn_jax.train.workdir import (check_same_run, locks_workdir, repair_logs, write_json,
+                                   write_run_files)
 from cnn_jax.transfer.setup import setup_transfer
 
 
@@ -134,53 +134,18 @@ class Preempted(Exception):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint; rerunning resumes it."""
 
 
-class _StopSignals:
-    """While active, SIGTERM and SIGINT only raise a flag that the loop reads at the next step
-    boundary; a second SIGINT (Ctrl-C twice) interrupts at once."""
-
-    def __init__(self):
-        self.received, self._previous = None, {}
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _stop_requested(stop: _StopSignals, step: int, every: int) -> str | None:
-    """The signal to stop on after `step`, read once (one arriving later waits a step). With
-    several processes they must stop at the same step: they agree every `every` steps,
-    stopping if any of them was signalled."""
-    if jax.process_count() == 1:
-        return stop.received
-    if step % every:
-        return None
-    received = stop.received
-    anyone = multihost_utils.process_allgather(np.int32(received is not None))
-    return received or ("a signal to another process" if np.any(anyone) else None)
-
-
 def _check_finite(step_metrics: list[dict], first_step: int, steps_per_epoch: int, config,
-                  last_checkpoint: str) -> None:
+                  last_checkpoint: str, schedule: Callable) -> None:
     for i, m in enumerate(step_metrics):
         bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(m[k])]
         if bad:
             step = first_step + i
             raise FloatingPointError(
                 f"The training {bad[0].replace('_', ' ')} became {m[bad[0]]} at step {step} (epoch "
-                f"{(step - 1) // steps_per_epoch + 1}); {last_checkpoint}. Lower the learning "
-                f"rate ({config.optimizer.learning_rate}) or clip gradients "
-                "(--config.optimizer.grad_clip_norm).")
+                f"{(step - 1) // steps_per_epoch + 1}); {last_checkpoint}. The learning rate was "
+                f"{float(schedule(step - 1)):.4g} at that step (config.optimizer.learning_rate="
+                f"{config.optimizer.learning_rate} on the {config.schedule.name} schedule): lower "
+                "it, or clip gradients (--config.optimizer.grad_clip_norm).")
 
 
 def _epoch_record(epoch: int, step: int, sums: dict, test: dict, learning_rate: float,
@@ -198,11 +163,12 @@ def _epoch_record(epoch: int, step: int, sums: dict, test: dict, learning_rate: 
     }
 
 
-def _resume(config, workdir: str | None, state: TrainState, is_main: bool, log: Callable
-            ) -> tuple[Checkpointer | None, TrainState, int, dict, list[dict]]:
+def _resume(config, workdir: str | None, state: TrainState, is_main: bool, log: Callable,
+            total_steps: int) -> tuple[Checkpointer | None, TrainState, int, dict, list[dict]]:
     """The checkpointer of `workdir` (None without one) and where training starts: the fresh
     `state` at step 0, or the latest good checkpoint's state, step, epoch sums and history
-    if the workdir holds a run of this config."""
+    if the workdir holds a run of this config. A workdir without checkpoints (a run that
+    failed before its first save) starts over with any config."""
     epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
     if not workdir:
         return None, state, 0, epoch_sums, []
@@ -214,21 +180,23 @@ def _resume(config, workdir: str | None, state: TrainState, is_main: bool, log: 
             shutil.rmtree(ckpt_dir)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("cnn_jax: old checkpoints discarded")
-    elif os.path.isdir(ckpt_dir) and os.path.exists(saved_config):
-        with open(saved_config) as f:
-            check_same_run(json.load(f), config.to_dict(), workdir)
     ckpt = Checkpointer(ckpt_dir, keep=config.checkpoint.keep,
                         best_metric=config.checkpoint.best_metric,
                         best_mode=config.checkpoint.best_mode)
+    if ckpt.steps() and os.path.exists(saved_config):  # before a restore that would not fit
+        with open(saved_config) as f:
+            check_same_run(json.load(f), config.to_dict(), workdir)
     restored = ckpt.restore_latest(state_tree(state))
     if not restored:
         return ckpt, state, 0, epoch_sums, []
     tree, meta = restored
     check_same_run(meta["config"], config.to_dict(), workdir)
-    log(f"Resuming from the checkpoint of step {meta['step']} in {ckpt_dir}")
+    if meta["step"] < total_steps:
+        log(f"Resuming from the checkpoint of step {meta['step']} in {ckpt_dir}")
     return ckpt, with_tree(state, tree), meta["step"], meta["epoch_sums"], meta["history"]
 
 
+@locks_workdir  # two runs never share a workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        log: Callable[[str], None] = functools.partial(print, flush=True)
                        ) -> tuple[TrainState, list[dict]]:
@@ -276,7 +244,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
     state = setup_transfer(config, state, schedule, log)  # config.transfer; a no-op by default
 
-    ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log)
+    ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log,
+                                                           total_steps)
+    if workdir and start_step == total_steps and os.path.exists(
+            os.path.join(workdir, "final_metrics.json")):  # a finished run: leave it as it is
+        ckpt.close()
+        log(f"The run in {workdir} is finished ({total_steps} steps); nothing to do. Its results: "
+            f"{os.path.join(workdir, 'final_metrics.json')} and metrics.jsonl (plots: python -m "
+            f"experiments.report {workdir}).")
+        return state, history
     state = dp.put_state(state)
     train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess)
     p_train_step, p_eval_step = dp.train_step(train_fn), dp.eval_step(eval_fn)
@@ -300,6 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     if workdir and is_main:
         os.makedirs(workdir, exist_ok=True)
         write_run_files(workdir, config.to_dict(), start_step)
+        if start_step:
+            repair_logs(workdir, start_step, history)  # the checkpoint is trusted over the logs
         writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(total_steps, start_step, batch_size=config.batch_size, log=log,
                         interactive=None if is_main else False)
@@ -308,11 +286,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     start = epoch_start = interval_start = time.perf_counter()
     epoch_first_step = start_step
     try:
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             for step in range(start_step + 1, total_steps + 1):  # step: steps done after this one
                 state, m = p_train_step(state, dp.put_batch(next(batches)))
+                stop.dispatched(step, m)  # at most one step queued: a stop within two steps
                 pending.append(m)
-                stopping = _stop_requested(stop, step, config.log_every_steps)
+                stopping = stop_requested(stop, step, config.log_every_steps)
                 epoch_end = step % steps_per_epoch == 0
                 save = ckpt is not None and (epoch_end or stopping is not None or (
                     config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0))
@@ -320,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                     fetched = dp.fetch(pending)  # one sync per interval, not per step
                     _check_finite(fetched, first_pending, steps_per_epoch, config,
                                   f"the last good checkpoint is step {last_saved} in "
-                                  f"{ckpt.directory}" if last_saved else "no checkpoint was saved")
+                                  f"{ckpt.directory}" if last_saved else "no checkpoint was saved",
+                                  schedule)
                     for m in fetched:
                         epoch_sums = {"loss": epoch_sums["loss"] + float(m["loss"]),
                                       "accuracy": epoch_sums["accuracy"] + float(m["accuracy"]),
