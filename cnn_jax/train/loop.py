@@ -311,6 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         with _StopSignals() as stop:
             for step in range(start_step + 1, total_steps + 1):  # step: steps done after this one
                 state, m = p_train_step(state, dp.put_batch(next(batches)))
+                progress.tick(step)  # no sync: the progress line's clock
                 pending.append(m)
                 stopping = _stop_requested(stop, step, config.log_every_steps)
                 epoch_end = step % steps_per_epoch == 0
@@ -375,6 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                                  "no workdir, so nothing was saved")
                     raise Preempted(f"Stopped by {stopping} after step {step}: {ckpt_note}.")
     finally:
+        progress.close()
         if ckpt:
             ckpt.wait()
             ckpt.close()
