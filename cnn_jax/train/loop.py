@@ -290,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
             for step in range(start_step + 1, total_steps + 1):  # step: steps done after this one
                 state, m = p_train_step(state, dp.put_batch(next(batches)))
                 stop.dispatched(step, m)  # at most one step queued: a stop within two steps
+                progress.tick(step)  # no sync: the progress line's clock
                 pending.append(m)
                 stopping = stop_requested(stop, step, config.log_every_steps)
                 epoch_end = step % steps_per_epoch == 0
@@ -355,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                                  "no workdir, so nothing was saved")
                     raise Preempted(f"Stopped by {stopping} after step {step}: {ckpt_note}.")
     finally:
+        progress.close()
         if ckpt:
             ckpt.wait()
             ckpt.close()

@@ -3,7 +3,9 @@
     config.json       the resolved config
     config.py         the same as a config file: rerun the run with
                       python -m experiments.train --config WORKDIR/config.py --workdir NEW_WORKDIR
-    environment.json  seed, Python and package versions, devices, host, command line, start time
+    environment.json  seed, Python and package versions, devices, host, command line, start time,
+                      and `git`: the commit of the cnn_jax checkout and whether it had
+                      uncommitted changes (null when cnn_jax is not run from a git checkout)
 
     run.lock          while a run is going: its host and PID (see `workdir_lock`)
 
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import sys
 import warnings
 from typing import Any, Callable
@@ -99,6 +102,25 @@ def check_same_run(saved_config: dict, config: dict, workdir: str) -> None:
             "discard those checkpoints and start over here.")
 
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def git_state(root: str = PROJECT_ROOT) -> dict | None:
+    """{'commit': sha, 'dirty': bool} of the git checkout whose top level is `root` (dirty:
+    tracked files differ from the commit; untracked ones do not count); None if `root` is not
+    the top of a git checkout (cnn_jax installed as a package) or git is missing."""
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(root):
+            return None  # a repository around an installed package is not cnn_jax's
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment() -> dict:
     versions = {}
     for name in PACKAGES:
@@ -116,6 +138,7 @@ def environment() -> dict:
         "process_count": jax.process_count(),
         "devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
+        "git": git_state(),
     }
 
 
