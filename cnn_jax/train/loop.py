@@ -49,10 +49,10 @@ from cnn_jax import metrics as metrics_lib
 from cnn_jax.data.splits import validation_split
 from cnn_jax.data.transforms import make_preprocess
 from cnn_jax.models import get_model, model_options
+from cnn_jax.train import selection
 from cnn_jax.train.checkpoint import Checkpointer, restore_variables, state_tree, with_tree
 from cnn_jax.train.logs import MetricWriter, Progress
 from cnn_jax.train.optim import make_optimizer, make_schedule
-from cnn_jax.train import selection
 from cnn_jax.train.parallel import DataParallel, check_batch_sizes
 from cnn_jax.train.step import TrainState, create_train_state, eval_step, train_step
 from cnn_jax.train.workdir import check_same_run, write_json, write_run_files

@@ -35,6 +35,12 @@ def _check_metric(metric: str, key: str) -> None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """The validation and selection keys; raises ValueError naming the key."""
+    missing = [k for k in ("validation_fraction", "validation_seed", "eval_test_every_epoch",
+                           "early_stopping") if k not in config]
+    if missing:
+        raise ValueError(f"The config has no {', '.join(missing)}: it was written before model "
+                         "selection moved to a validation split. Add them as in "
+                         "cnn_jax.config.default_config().")
     fraction = config.validation_fraction
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise ValueError(f"config.validation_fraction must be in [0, 1), got {fraction!r}.")
