@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cnn_jax.train.selection import best_record  # noqa: E402
+
 
 def read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
@@ -130,12 +132,10 @@ def summary_markdown(workdir: str, config: dict, epochs: list[dict], final: dict
             lines.append(f"| {name} | {fmt(last.get(key))} | "
                          f"{fmt(max(values) if higher else min(values))} |")
     best_key = config["checkpoint"].get("best_metric", "")
-    higher = config["checkpoint"].get("best_mode", "max") == "max"
-    candidates = [e for e in epochs if best_key and best_key in e]
-    if candidates:
-        best = (max if higher else min)(candidates, key=lambda e: e[best_key])
+    best = best_record(epochs, best_key, config["checkpoint"].get("best_mode", "max"))
+    if best_key and best:
         lines += ["", f"Best checkpoint, selected on {best_key}: {best[best_key]:.4g} at epoch "
-                      f"{best['epoch']} (step {best['step']})."]
+                      f"{best['epoch']} (step {best['step']}; the latest of ties)."]
     else:
         lines += ["", "No checkpoint was selected on held-out data (no validation split, or "
                       "config.checkpoint.best_metric is empty)."]

@@ -450,7 +450,7 @@ def _best_checkpoint_test(config, workdir: str | None, history: list[dict], stat
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True,
                             best_metric=metric, best_mode=mode)
         try:
-            step = ckpt.best_step() or step  # orbax's pick (the same value; ties may differ)
+            step = ckpt.best_step() or step  # orbax's pick: the same one
         finally:
             ckpt.close()
         record = next(r for r in history if r["step"] == step)

@@ -58,12 +58,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def best_record(history: list[dict], metric: str, mode: str = "max") -> dict | None:
-    """The epoch record with the best `metric` (the first of ties); None if none has it."""
+    """The epoch record with the best `metric`, the latest of ties (as orbax keeps the best
+    checkpoint); None if no record has it."""
     records = [r for r in history if metric in r]
     if not records:
         return None
     sign = 1 if mode == "max" else -1
-    return max(records, key=lambda r: sign * r[metric])  # max keeps the first of ties
+    return max(reversed(records), key=lambda r: sign * r[metric])  # max keeps the first seen
 
 
 def early_stop_epoch(history: list[dict], metric: str, patience: int, min_delta: float
