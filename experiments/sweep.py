@@ -218,7 +218,8 @@ def main(argv=None) -> int:
         with open(final_path) as f:
             test_accuracy = json.load(f).get("accuracy")
         rows.append({"trial": name, **values, args.metric: epochs[-1][args.metric],
-                     "best_" + args.metric: pick(e[args.metric] for e in epochs if args.metric in e),
+                     "best_" + args.metric: pick(e[args.metric] for e in epochs
+                                                 if args.metric in e),
                      "train_loss": epochs[-1]["train_loss"],
                      "wall_seconds": sum(e["epoch_seconds"] for e in epochs),
                      "test_accuracy": test_accuracy})

@@ -42,7 +42,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          "selection moved to a validation split. Add them as in "
                          "cnn_jax.config.default_config().")
     fraction = config.validation_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+            0 <= fraction < 1):
         raise ValueError(f"config.validation_fraction must be in [0, 1), got {fraction!r}.")
     if config.checkpoint.best_metric:
         _check_metric(config.checkpoint.best_metric, "checkpoint.best_metric")
