@@ -131,9 +131,13 @@ def write_results(workdir: str, rows: list[dict], keys: list[str], metric: str,
     order = sorted(rows, key=lambda r: r[metric], reverse=higher_is_better)
     md = [f"# Sweep: {len(rows)} trials, sorted by {metric} (last epoch)", "",
           "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    def cell(column, value):
+        if isinstance(value, float):
+            return f"{value:.2%}" if column.endswith("accuracy") else f"{value:.4g}"
+        return str(value)
+
     for row in order:
-        md.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                                    for c in columns) + " |")
+        md.append("| " + " | ".join(cell(c, row[c]) for c in columns) + " |")
     top = order[0]
     if top.get("test_accuracy") is not None:
         md += ["", f"Selected on {metric}: {top['trial']}; its test accuracy (last checkpoint): "
