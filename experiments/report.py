@@ -121,7 +121,7 @@ def summary_markdown(workdir: str, config: dict, epochs: list[dict], final: dict
     elif final.get("stopped_early"):
         lines += [f"Stopped early after epoch {final['epoch']} of {config['num_epochs']} "
                   f"(config.early_stopping: {config.get('early_stopping')}).", ""]
-    lines += ["| metric | last epoch | best epoch |", "| --- | --- | --- |"]
+    lines += ["| metric | last epoch | best over the epochs |", "| --- | --- | --- |"]
     for key, name, fmt, higher in (("val_accuracy", "validation accuracy", _pct, True),
                                    ("val_loss", "validation loss", _num, False),
                                    ("val_macro_f1", "validation macro-F1", _num, True),
@@ -134,7 +134,8 @@ def summary_markdown(workdir: str, config: dict, epochs: list[dict], final: dict
     best_key = config["checkpoint"].get("best_metric", "")
     best = best_record(epochs, best_key, config["checkpoint"].get("best_mode", "max"))
     if best_key and best:
-        lines += ["", f"Best checkpoint, selected on {best_key}: {best[best_key]:.4g} at epoch "
+        value = (_pct if best_key.endswith("accuracy") else _num)(best[best_key])
+        lines += ["", f"Best checkpoint, selected on {best_key}: {value} at epoch "
                       f"{best['epoch']} (step {best['step']}; the latest of ties)."]
     else:
         lines += ["", "No checkpoint was selected on held-out data (no validation split, or "
