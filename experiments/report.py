@@ -58,7 +58,8 @@ def plot_curves(epochs: list[dict], steps: list[dict], key: str, ylabel: str, pa
                                ("test", "D-", "test")):
         points = [(e["step"], scale * e[f"{split}_{key}"]) for e in epochs if f"{split}_{key}" in e]
         if points:
-            ax.plot(*zip(*points), style, label=f"{name} {key} (epoch)")
+            when = "end of training" if split == "test" and len(points) == 1 else "epoch"
+            ax.plot(*zip(*points), style, label=f"{name} {key} ({when})")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     if key == "loss" and all(s[key] > 0 for s in steps):
