@@ -31,13 +31,25 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval_transforms = ""
     config.input_threads = 2      # host threads reading and decoding ahead of the step
 
+    # Model selection (README "Model selection"): per-epoch metrics on a validation split, the
+    # dataset's own where it has one, else this fraction of train (stratified, drawn with
+    # validation_seed, not the run's seed); 0 and no own split: nothing is selected.
+    config.validation_fraction = 0.1
+    config.validation_seed = 0
+    config.eval_test_every_epoch = False  # the test split is evaluated at the end only
+    config.early_stopping = ml_collections.ConfigDict({
+        "metric": "val_accuracy",  # a val_* or train_* metric (lower is better for *_loss)
+        "patience": 0,            # stop after this many epochs without improvement (0: off)
+        "min_delta": 0.0,         # an improvement must exceed this
+    })
+
     # Lifecycle (README "Runs: checkpoints, logs, reports, sweeps").
     config.resume = True          # continue from the workdir's latest checkpoint, if any
     config.log_every_steps = 50   # train scalars to steps.jsonl/TensorBoard every this many steps
     config.checkpoint = ml_collections.ConfigDict({
         "every_steps": 0,         # also save every this many steps (0: only at epoch ends)
         "keep": 3,                # the latest `keep` checkpoints are kept ...
-        "best_metric": "test_accuracy",  # ... and the best by this epoch metric ("" for none)
+        "best_metric": "val_accuracy",  # ... and the best by this val_*/train_* metric ("": none)
         "best_mode": "max",       # max | min
     })
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnn_jax.data.dataset import Dataset, channel_stats, check_labels
+from cnn_jax.data.dataset import Dataset, MissingSplit, channel_stats, check_labels
 from cnn_jax.data.image_ops import resize_center_crop
 
 SPLITS = ("train", "test")
@@ -59,6 +59,8 @@ class ImageFolderSource:
 def load_image_folder(split: str, root: str, image_size: int | tuple[int, int] = 64,
                       channels: int = 3, test_fraction: float = 0.2, split_seed: int = 0,
                       verify: bool = True) -> Dataset:
+    if split == "validation":
+        raise MissingSplit(f"{root} has no validation split of its own.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for 'image_folder'. "
                          f"Valid choices: {', '.join(SPLITS)}.")

@@ -8,11 +8,11 @@ Command:
     python -m experiments.train --config experiments/configs/image_folder.py \
         --workdir runs/my_images --config.dataset.root=path/to/images
 
-Result: depends on your images. As a check, the embedded digits written out as PNG files
-(one folder per digit, 1,797 files, 20% held out) with this config and
-`--config.dataset.image_size=32 --config.dataset.channels=1 --config.model.name=lenet5`
-reach 98.61% test accuracy (359 test images, macro-F1 0.986) after 30 epochs, 31 s wall on
-2 CPU cores.
+Result: depends on your images. As a check, the embedded digits written out as 8x8 PNG files
+(one folder per digit, 1,797 files, 20% held out for test, 10% of the rest for validation) with
+this config and `--config.dataset.image_size=32 --config.dataset.channels=1
+--config.model.name=lenet5` reach 99.16% test accuracy (359 test images, macro-F1 0.992;
+validation 97.93% of 145) after 30 epochs, 146 s wall on 2 CPU cores shared with other jobs.
 """
 
 from cnn_jax.config import default_config
