@@ -16,8 +16,9 @@ On a CPU the input threads share the cores with the train step, so every second 
 spends decoding is taken from training.
 
 `--digit_photos DIR` instead writes the set the image-folder configs are checked on (and
-exits): scikit-learn's 1,797 8x8 digits as 96x96 colour JPEGs, each digit in a random colour,
-size and place on a smooth random-colour background with grain, `DIR/<digit>/<i>.jpg`.
+exits): scikit-learn's 1,797 8x8 digits as 96x96 colour JPEGs, each digit in a random tint,
+size and place, darker or lighter than its uneven random-colour background, with grain,
+`DIR/<digit>/<i>.jpg`.
 """
 
 import argparse
@@ -61,11 +62,12 @@ def write_digit_photos(folder: str, size: int = 96) -> None:
         top, left = rng.integers(0, size - side + 1, 2)
         coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), np.uint8))
         field = np.asarray(coarse.resize((size, size), Image.BICUBIC), np.float32)
-        photo = (field + rng.integers(0, 256, 3)) / 2  # half as contrasted as the raw field
-        colour = rng.integers(0, 256, 3).astype(np.float32)
+        photo = 0.3 * field + 0.7 * rng.integers(0, 256, 3)  # a tinted, uneven background
+        # The ink: a random tint, darker or lighter than the background (as an object in a
+        # photo differs from what is behind it).
+        dark = photo.mean() > 128
+        colour = rng.integers(0, 96, 3) + (0 if dark else 160)
         window = photo[top:top + side, left:left + side]
-        # The ink's colour pushed away from the local background, so the digit stays visible.
-        colour = np.where(np.abs(colour - window.mean((0, 1))) < 80, 255 - colour, colour)
         photo[top:top + side, left:left + side] = window * (1 - ink) + colour * ink
         photo += rng.normal(0, 8, photo.shape)
         path = os.path.join(folder, str(label), f"{i}.jpg")
