@@ -511,3 +511,21 @@ def test_memory_and_disk_caches_give_the_lazy_pixels(root, cache_dir, monkeypatc
     # Another size is another array.
     load_image_folder("train", str(root), image_size=6, cache="disk")
     assert len(list((cache_dir / "arrays").glob("*.npy"))) == 2
+
+
+def test_a_truncated_jpeg_in_the_test_split_stops_the_run_before_the_first_step(tmp_path):
+    from cnn_jax.train.loop import train_and_evaluate
+    from experiments.configs import image_folder as config_module
+    for split, n in (("train", 4), ("test", 2)):
+        for name in ("cat", "dog"):
+            write_class(tmp_path / "images" / split / name, COLOURS[name], n)
+    bad = tmp_path / "images" / "test" / "dog" / "cut.jpg"  # read first by the evaluation
+    Image.fromarray(photo()).save(bad)
+    truncated(bad)
+    config = config_module.get_config()
+    config.dataset.root = str(tmp_path / "images")
+    config.batch_size = 4
+    with pytest.raises(ValueError, match=r"1 unreadable image file(?s:.)*cut.jpg.*truncated"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    written = {p.name for p in (tmp_path / "run").rglob("*")}
+    assert not written & {"steps.jsonl", "metrics.jsonl", "checkpoints"}
