@@ -18,7 +18,7 @@ spends decoding is taken from training.
 `--digit_photos DIR` instead writes the set the image-folder configs are checked on (and
 exits): scikit-learn's 1,797 8x8 digits as 96x96 colour JPEGs, each digit in a random tint,
 size and place, darker or lighter than its uneven random-colour background, with grain,
-`DIR/<digit>/<i>.jpg`.
+`DIR/<digit>/<i>.jpg`. `--digit_pngs DIR` writes the digits as they are (grey 32x32 PNGs).
 """
 
 import argparse
@@ -49,6 +49,17 @@ def write_photos(folder: str, n: int, size=(533, 400), classes: int = 10) -> Non
         path = os.path.join(folder, f"class{i % classes}", f"{i}.jpg")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def write_digit_pngs(folder: str, size: int = 32) -> None:
+    """The digits as they are: grey, `size` x `size` (bilinear), `DIR/<digit>/<i>.png`."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        path = os.path.join(folder, str(label), f"{i}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((size, size),
+                                                                     Image.BILINEAR).save(path)
 
 
 def write_digit_photos(folder: str, size: int = 96) -> None:
@@ -91,9 +102,13 @@ def main():
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--dir", default="/tmp/cnn_jax_photos")
     parser.add_argument("--digit_photos", default="", help="write the digit photos here, exit")
+    parser.add_argument("--digit_pngs", default="", help="write the plain digits here, exit")
     args = parser.parse_args()
-    if args.digit_photos:
-        write_digit_photos(args.digit_photos)
+    if args.digit_photos or args.digit_pngs:
+        if args.digit_photos:
+            write_digit_photos(args.digit_photos)
+        if args.digit_pngs:
+            write_digit_pngs(args.digit_pngs)
         return
     write_photos(args.dir, args.images)
     mb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.dir) for f in fs)

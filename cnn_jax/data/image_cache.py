@@ -92,8 +92,9 @@ def load_array(path: Path) -> np.ndarray | None:
         return None
 
 
-def save_array(path: Path, images: np.ndarray) -> None:
-    """Writes `images` and deletes the stale arrays of the same root, split and settings."""
+def save_array(path: Path, images: np.ndarray) -> bool:
+    """Writes `images` and deletes the stale arrays of the same root, split and settings;
+    False where it could not be written (a full or read-only disk)."""
     prefix = path.name.rsplit("-", 1)[0] + "-"
     try:
         _write_atomic(path, lambda f: np.save(f, images))
@@ -101,4 +102,5 @@ def save_array(path: Path, images: np.ndarray) -> None:
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError:
-        pass
+        return False
+    return True

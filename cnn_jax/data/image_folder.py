@@ -180,6 +180,10 @@ def load_image_folder(split: str, root: str, image_size: int | tuple[int, int] =
     bytes_needed = len(files) * size[0] * size[1] * channels
     if cache == "auto":
         cache = "memory" if bytes_needed <= AUTO_MEMORY_BYTES else "none"
+        if cache == "none":
+            _say(f"image_folder: the decoded {split} split would take "
+                 f"{bytes_needed / 2**30:.1f} GiB, more than cache='auto' keeps in memory: "
+                 f"files are decoded as they are read (cache='disk' would keep them on disk).")
     source, checked, bad = lazy, set(), []
     if cache != "none":
         source, checked, bad = _cached(lazy, root, split, settings, cache, cache_dir)
@@ -366,8 +370,9 @@ def _cached(lazy: ImageFolderSource, root: Path, split: str, settings: dict, cac
     if errors:
         return lazy, set(lazy.paths), [f"{lazy.paths[i]} ({e})" for i, e in errors.items()]
     image_cache.VerifiedFiles(root, cache_dir).add(keys)
-    if cache == "disk":
-        image_cache.save_array(path, images)
+    if cache == "disk" and not image_cache.save_array(path, images):
+        _say(f"image_folder: could not write the decoded {split} split to {path}; "
+             f"the next run decodes it again.")
     return CachedImageFolderSource(images, lazy.labels, lazy.paths), set(lazy.paths), []
 
 
