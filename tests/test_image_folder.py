@@ -529,3 +529,11 @@ def test_a_truncated_jpeg_in_the_test_split_stops_the_run_before_the_first_step(
         train_and_evaluate(config, str(tmp_path / "run"))
     written = {p.name for p in (tmp_path / "run").rglob("*")}
     assert not written & {"steps.jsonl", "metrics.jsonl", "checkpoints"}
+
+
+def test_auto_cache_reads_files_when_the_split_is_too_big_for_memory(root, monkeypatch, capsys):
+    monkeypatch.setattr(image_folder, "AUTO_MEMORY_BYTES", 8 * 8 * 3 * 10)  # train has 11
+    assert type(load_image_folder("train", str(root), image_size=8).source) is ImageFolderSource
+    assert "more than cache='auto' keeps in memory" in capsys.readouterr().err
+    test = load_image_folder("test", str(root), image_size=8).source  # 3 images fit
+    assert type(test) is image_folder.CachedImageFolderSource
