@@ -47,6 +47,7 @@ _RAISED = (ValueError, LookupError, FloatingPointError, OSError)
 # Library log lines that say nothing a user can act on (substrings of the message).
 NOISE = (
     "Given directory is read only",            # orbax, reading a run's checkpoints
+    "read_only=True, setting save_interval_steps=0",  # the same
     "Requested `tracked_metric`",              # orbax, a checkpoint saved mid-epoch
     "OpenCV is not installed",                 # TFDS decodes with PIL instead: fine
     "Event loop is closed",                    # orbax's background threads at exit
