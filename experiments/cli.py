@@ -32,7 +32,7 @@ from cnn_jax.transfer.loading import check_finite
 CHECKPOINTS = ("latest", "best")  # or a step number
 
 
-def _options(section: dict) -> dict:
+def section_options(section: dict) -> dict:
     return {k: v for k, v in section.items() if k != "name"}
 
 
@@ -50,7 +50,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
     """The run's model, as `train_and_evaluate` built it (one device)."""
-    kwargs = _options(config.model.to_dict())
+    kwargs = section_options(config.model.to_dict())
     kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
     return get_model(config.model.name, num_classes=num_classes, **kwargs)
 
@@ -137,7 +137,7 @@ def load_run(workdir: str, variables_path: str | None = None, checkpoint: str = 
     ({'params', 'batch_stats'}) from its `checkpoint` ('latest', 'best' or a step), or from
     `variables_path` (a msgpack file of flax.serialization) when given."""
     config = read_config(workdir)
-    dataset = get_dataset(config.dataset.name, "test", **_options(config.dataset.to_dict()))
+    dataset = get_dataset(config.dataset.name, "test", **section_options(config.dataset.to_dict()))
     model = build_model(config, dataset.num_classes)
     if variables_path is not None:
         variables, source = load_variables_file(variables_path), variables_path
