@@ -114,9 +114,11 @@ def run_main(main: Callable[[], int | None], argv: list[str] | None = None) -> i
     """Runs `main()` (a command's main, reading `sys.argv`), returns its exit status; a user
     error ends in one line on stderr and status 2 (see the module docstring)."""
     argv = sys.argv if argv is None else argv
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if "--debug" in argv:  # through the environment: nested calls and worker processes see it
+        os.environ[DEBUG_ENV] = "1"
     while "--debug" in argv:
         argv.remove("--debug")
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     quiet_library_noise()
     try:
         return main() or 0

@@ -181,8 +181,8 @@ def load_pretrained(target: Mapping[str, Any], source: Mapping[str, Any], *,
             report.ignored.append(full_name(path))
         else:
             unexpected.append(f"{full_name(path)} {_shape(source_flat[path])}")
-    check_finite({path: source_flat[path] for path in source_flat if path in target_flat
-                  and not is_reinit(leaf_name(path))}, "The pretrained variables")
+    check_finite(unflatten({path: source_flat[path] for path in source_flat if path in target_flat
+                            and not is_reinit(leaf_name(path))}), "The pretrained variables")
     if missing or unexpected or mismatched:
         raise load_error(
             "the pretrained variables", missing, unexpected, mismatched,
