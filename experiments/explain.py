@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax import explain as ex
+from cnn_jax.explain.plot import activation_figure, explanation_figure, filter_figure
 from cnn_jax.errors import UserError, run_main
 from experiments.cli import load_run, read_image
 
@@ -98,7 +99,7 @@ def run(args) -> list[str]:
     if args.method == "filters":
         name, kernel = ex.first_conv_kernel(model, variables, images[:1])
         path = ex.save_png(os.path.join(out, f"filters_{name.replace('/', '.')}.png"),
-                           ex.filter_grid(kernel))
+                           filter_figure(kernel, f"{config.model.name} {name}"))
         print(f"{name}: {kernel.shape[-1]} filters {kernel.shape[:3]} -> {path}")
         return [path]
     logits = jax.jit(lambda v, x: ex.forward(model, v, x)[0])(variables, images)
@@ -106,27 +107,36 @@ def run(args) -> list[str]:
     probs = np.asarray(jax.nn.softmax(logits))
     target = parse_target(args.target, dataset.class_names)
     targets = predicted if target is None else np.full(len(images), target)
+    classes = dataset.class_names
+    captions = [(f"{name}: " + ("" if label is None else f"label {classes[label]} | ")
+                 + f"predicted {classes[pred]} ({probs[i, pred]:.0%})")
+                for i, (name, label, pred) in enumerate(zip(names, labels, predicted))]
     suffix = f"{args.method}" + (f"_{args.layer.replace('/', '.')}" if args.layer else "")
     if args.method == "activations":
         layer = args.layer or ex.activation_layers(model, variables, images[:1])[0]
         maps = np.asarray(ex.activations(model, variables, images, layer))
         if maps.ndim != 4:
             raise UserError(f"Layer {layer!r} outputs shape {maps.shape}: not feature maps.")
-        pictures = [ex.enlarge(ex.activation_grid(m), 256) for m in maps]
+        dead = (maps <= 0).all(axis=(0, 1, 2))  # 0 on every image explained, everywhere
+        where = f"on the {len(maps)} images explained" if len(maps) > 1 else "on this image"
+        pictures = [activation_figure(m, f"{caption}\nlayer {layer} (0 is black; 'dead': 0 "
+                                         f"everywhere {where})", dead)
+                    for m, caption in zip(maps, captions)]
         suffix = f"activations_{layer.replace('/', '.')}"
     else:
         heat = np.asarray(ex.explain(args.method, model, variables, images,
                                      key=jax.random.key(args.seed), layer=args.layer,
                                      targets=jnp.asarray(targets)))
-        pictures = [np.concatenate([ex.to_rgb(x), ex.colorize(h), ex.overlay(x, h)], axis=1)
-                    for x, h in zip(np.asarray(images), heat)]
-        pictures = [ex.enlarge(p, 128) for p in pictures]
+        what = args.method + (f" at {args.layer}" if args.layer else "")
+        pictures = [explanation_figure(x, h, f"{caption} | explaining {classes[t]}",
+                                       f"{what} for {classes[t]}")
+                    for x, h, caption, t in zip(np.asarray(images), heat, captions, targets)]
     paths = []
     for name, label, pred, t, picture in zip(names, labels, predicted, targets, pictures):
         path = ex.save_png(os.path.join(out, f"{name}_{suffix}.png"), picture)
-        truth = "" if label is None else f"label {dataset.class_names[label]}, "
-        print(f"{path}: {truth}predicted {dataset.class_names[pred]} "
-              f"({probs[len(paths), pred]:.0%}), explained {dataset.class_names[t]}")
+        truth = "" if label is None else f"label {classes[label]}, "
+        print(f"{path}: {truth}predicted {classes[pred]} "
+              f"({probs[len(paths), pred]:.0%}), explained {classes[t]}")
         paths.append(path)
     return paths
 
