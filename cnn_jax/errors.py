@@ -108,6 +108,12 @@ def quiet_library_noise() -> None:
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(drop)
     warnings.filterwarnings("ignore", message=".*OpenCV is not installed.*")
+    warnings.formatwarning = _format_warning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """`warning: <message>`: our warnings are written for the user; the source line is not."""
+    return f"warning: {message}\n"
 
 
 def run_main(main: Callable[[], int | None], argv: list[str] | None = None) -> int:

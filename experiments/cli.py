@@ -25,7 +25,7 @@ from cnn_jax.data import Dataset, get_dataset
 from cnn_jax.data.image_folder import EXTENSIONS
 from cnn_jax.data.image_ops import resize_center_crop
 from cnn_jax.data.transforms import make_preprocess
-from cnn_jax.errors import UserError
+from cnn_jax.errors import UserError, is_user_error
 from cnn_jax.models import get_model
 from cnn_jax.transfer.loading import check_finite
 
@@ -108,7 +108,15 @@ def restore_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[Any, s
         raise UserError(f"Unknown --checkpoint {checkpoint!r}. Valid: latest, best, or a step "
                         "number.")
     step = int(checkpoint) if str(checkpoint).isdigit() else None
-    variables, _ = restore_variables(workdir, step, best=checkpoint == "best")
+    try:
+        variables, _ = restore_variables(workdir, step, best=checkpoint == "best")
+    except Exception as e:
+        if is_user_error(e):
+            raise
+        # orbax/tensorstore raise many types for files cut short or overwritten
+        raise UserError(f"The {checkpoint} checkpoint in {directory} cannot be read: it is "
+                        f"damaged ({type(e).__name__}: {str(e)[:300]}). Pass --checkpoint "
+                        f"with another of its steps: {sorted(os.listdir(directory))}.") from e
     return variables, directory if step is None else os.path.join(directory, str(step))
 
 

@@ -5,6 +5,7 @@ must reproduce whatever the weights give)."""
 import csv
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -163,6 +164,12 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
              (predict.main, [workdir, str(tmp_path / "none")], "does not exist"),
              (predict.main, [workdir, str(tmp_path / "bad")], "No images"),
              (predict.main, [str(task), str(tmp_path / "images")], "task 'segmentation'")]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(workdir, damaged)
+    for path in (damaged / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the arrays' data files, cut short
+            path.write_bytes(path.read_bytes()[:100])
+    cases.append((evaluate.main, [str(damaged)], "cannot be read: it is damaged"))
     for main, args, words in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err
