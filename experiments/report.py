@@ -221,4 +221,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnn_jax.errors import run_main
+    sys.exit(run_main(main))

@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cnn_jax.config import get_value, load_config_file
+from cnn_jax.errors import run_main
 from cnn_jax.train import train_and_evaluate
 from cnn_jax.train.loop import Preempted
 from cnn_jax.train.parallel import initialize_distributed
@@ -71,6 +72,10 @@ def main(argv):
         sys.exit(str(e))
 
 
-if __name__ == "__main__":
+def cli_main():
     check_override_keys(sys.argv[1:])
     app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(cli_main))

@@ -21,6 +21,7 @@ from scipy import stats as scipy_stats
 
 from cnn_jax import explain as ex
 from cnn_jax.layers import ConvBlock, global_avg_pool, max_pool
+from cnn_jax.data import get_dataset
 from cnn_jax.models import get_model
 from cnn_jax.train import create_train_state, make_optimizer, train_step
 
@@ -581,10 +582,42 @@ def test_command_writes_overlays(trained_run, tmp_path):
     assert command.main([workdir, "--method", "gradcam", "--layer", "C3", "--num_test", "3",
                          "--variables", variables_file, "--out", out]) == 0
     files = sorted(os.listdir(out))
-    assert files == [f"test{i:04d}_gradcam_C3.png" for i in range(3)]
+    assert len(files) == 3 and all(f.startswith("test") and f.endswith("_gradcam_C3.png")
+                                   for f in files)
+    labels = get_dataset("digits", "test").source.labels   # sorted by class: test0000.. are 0s
+    assert len({int(labels[int(f[4:8])]) for f in files}) == 3  # spread over the classes
     png = read_png(os.path.join(out, files[0]))
-    assert png.shape == (128, 3 * 128, 3)       # input | heat map | overlay, 32x32 enlarged 4x
-    assert png[:, :128].std() > 0 and png[:, 128:256].std() > 0
+    assert png.shape[2] == 3 and png.shape[0] >= 300 and png.shape[1] > 2 * png.shape[0]
+    third = png.shape[1] // 3                   # input | heat map with colour bar | overlay
+    assert png[:, :third].std() > 0 and png[:, third:2 * third].std() > 0
+
+
+def test_num_test_samples_across_classes_deterministically():
+    from experiments.explain import sample_test
+    test = get_dataset("digits", "test")
+    chosen = sample_test(test, 20)
+    assert chosen == sample_test(test, 20) and len(set(chosen)) == 20
+    assert np.bincount(test.source.labels[chosen], minlength=10).tolist() == [2] * 10
+
+
+def _red_pixels(png):
+    return int(((png[..., 0] > 180) & (png[..., 1] < 60) & (png[..., 2] < 60)).sum())
+
+
+def test_activation_figure_marks_dead_channels_and_filters_are_large(tmp_path):
+    from cnn_jax.explain.plot import activation_figure, filter_figure
+    maps = np.random.default_rng(0).uniform(0.1, 1.0, (8, 8, 6)).astype(np.float32)
+    maps[..., 4] = 0.0
+    dead = maps.max(axis=(0, 1)) <= 0
+    marked = activation_figure(maps, "test", dead)
+    unmarked = activation_figure(maps, "test", np.zeros(6, bool))
+    assert _red_pixels(marked) > 100 and _red_pixels(unmarked) == 0
+    assert marked.shape[1] >= 600               # 6 tiles of 8x8 drawn large
+    kernel = np.random.default_rng(0).normal(size=(5, 5, 1, 6)).astype(np.float32)
+    picture = filter_figure(kernel, "C1")
+    assert picture.shape[1] >= 6 * 80           # about 80-100 pixels a filter, not 5
+    with pytest.raises(ValueError, match="kernel"):
+        filter_figure(kernel[0], "C1")
 
 
 def test_command_explains_image_files_and_draws_filters(trained_run, tmp_path):
@@ -601,8 +634,8 @@ def test_command_explains_image_files_and_draws_filters(trained_run, tmp_path):
                          "--num_test", "1", *common]) == 0
     assert command.main([workdir, "--method", "filters", *common]) == 0
     assert sorted(os.listdir(out)) == ["filters_C1.conv.png", "one_smoothgrad.png",
-                                       "test0000_activations_C1.png"]
-    assert read_png(os.path.join(out, "one_smoothgrad.png")).shape == (128, 384, 3)
+                                       "test0054_activations_C1.png"]  # sample_test(.., 1)
+    assert read_png(os.path.join(out, "one_smoothgrad.png")).shape[1] >= 600
 
 
 def test_command_errors_are_clear(trained_run, tmp_path, capsys):
@@ -646,5 +679,5 @@ def test_command_restores_an_orbax_checkpoint_and_runs_as_a_script(trained_run, 
                              "--method", "occlusion", "--num_test", "2", "--out", out],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "test0000_occlusion.png: label" in result.stdout
+    assert "_occlusion.png: label" in result.stdout
     assert len(os.listdir(out)) == 2

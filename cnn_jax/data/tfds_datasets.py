@@ -126,7 +126,8 @@ def load_tfds(split: str, *, name: str, data_dir: str | None = None, image_size:
         if not builder.is_prepared():
             raise FileNotFoundError(
                 f"TFDS dataset {info.tfds_name!r} is not prepared in {builder.data_dir!r}. "
-                f"Prepare it once with:\n    {prepare_command(name, data_dir)}") from error
+                f"Prepare it once with:\n    {prepare_command(name, data_dir)}\nor set "
+                "config.dataset.data_dir to the folder that holds it.") from error
         raise ValueError(
             f"{info.tfds_name!r} in {builder.data_dir!r} cannot be read with random access "
             f"({error}). Prepare it again in the array_record format with:\n    "

@@ -44,6 +44,7 @@ from jax.experimental import multihost_utils
 
 from cnn_jax import data as data_lib
 from cnn_jax import metrics as metrics_lib
+from cnn_jax.config import check_config
 from cnn_jax.data.splits import validation_split
 from cnn_jax.data.transforms import make_preprocess
 from cnn_jax.models import get_model, model_options
@@ -69,6 +70,7 @@ def _options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
+    check_config(config)  # cnn_jax/config.py: names, options, schedule, input threads
     for key in ("batch_size", "eval_batch_size", "num_epochs", "grad_accum_steps"):
         value = config[key]
         if not isinstance(value, int) or value < 1:
