@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cnn_jax.data.dataset import Dataset
+from cnn_jax.data.dataset import Dataset, MissingSplit
 from cnn_jax.data.segmentation_folder import load_pairs, pairs
 
 DEFAULT_ROOT = "../shared/data/membrane"  # relative to the repository root
@@ -35,7 +35,11 @@ class Repeated:
 
 def load_membrane(split: str, root: str = DEFAULT_ROOT, image_size: int | None = None,
                   train_repeats: int = 1) -> Dataset:
-    """`train_repeats`: each training slice that many times an epoch (the test split once)."""
+    """`train_repeats`: each training slice that many times an epoch (the test split once).
+    With repeats, carve no validation split from 'train' (config.validation_fraction=0): its
+    slices would also be training slices."""
+    if split == "validation":
+        raise MissingSplit("'membrane' has no validation split of its own.")
     if split not in ("train", "test"):
         raise ValueError(f"Unknown split {split!r} for 'membrane'. Valid choices: train, test.")
     root = Path(root)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnn_jax.data.dataset import ArraySource, Dataset, channel_stats
+from cnn_jax.data.dataset import ArraySource, Dataset, MissingSplit, channel_stats
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -34,6 +34,8 @@ def load_segmentation_folder(split: str, root: str, image_size: int | tuple[int,
                              channels: int = 3, binary: bool = False, num_classes: int = 0,
                              ignore_value: int = 255, test_fraction: float = 0.2,
                              split_seed: int = 0) -> Dataset:
+    if split == "validation":
+        raise MissingSplit("'segmentation_folder' has no validation split of its own.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for 'segmentation_folder'. "
                          f"Valid choices: {', '.join(SPLITS)}.")

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from cnn_jax.data.dataset import Dataset
+from cnn_jax.data.dataset import Dataset, MissingSplit
 from cnn_jax.data.image_ops import resize_center_crop
 from cnn_jax.data.tfds_datasets import IMAGENET_STATS
 
@@ -68,6 +68,8 @@ class PetSegSource:
 def load_pets_seg(split: str, data_dir: str | None = None, image_size: int = 224) -> Dataset:
     import tensorflow_datasets as tfds
 
+    if split == "validation":
+        raise MissingSplit("'oxford_iiit_pet_seg' has no validation split of its own.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for 'oxford_iiit_pet_seg'. "
                          f"Valid choices: {', '.join(SPLITS)}.")

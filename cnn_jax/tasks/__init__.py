@@ -59,10 +59,10 @@ def _task(module, **fields) -> Task:
 
 TASKS: dict[str, Task] = {
     "classification": _task(classification, spatial_targets=(), refused_transforms={},
-                            best_metric="test_accuracy"),
+                            best_metric="val_accuracy"),
     "segmentation": _task(segmentation, spatial_targets=("label",),
                           refused_transforms=segmentation.REFUSED_TRANSFORMS,
-                          best_metric="test_mean_iou"),
+                          best_metric="val_mean_iou"),
 }
 # Datasets whose examples are not classification's; every other dataset is classification.
 DATASET_TASKS = {"segmentation_folder": "segmentation", "membrane": "segmentation",
