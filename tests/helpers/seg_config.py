@@ -12,5 +12,5 @@ def get_config():
     config.optimizer.name, config.optimizer.learning_rate = "adam", 0.02
     config.train_transforms = "hflip|random_crop(padding=2)|normalize"
     config.eval_transforms = "normalize"
-    config.checkpoint.best_metric = "test_mean_iou"
+    config.checkpoint.best_metric = "val_mean_iou"
     return config
