@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from cnn_jax.errors import UserError, run_main
+from cnn_jax.tasks import segmentation, task_name
 from experiments.cli import CHECKPOINTS, Run, list_images, load_run, read_image
 
 BATCH = 64
@@ -82,7 +83,8 @@ def draw_prediction(path: str, image: np.ndarray, ranked: list[tuple[str, float]
 
 
 # The per-task output: fn(run, names, raw images, model outputs, out folder, top_k, pictures).
-OUTPUTS: dict[str, Callable[..., list[str]]] = {"classification": classification_outputs}
+OUTPUTS: dict[str, Callable[..., list[str]]] = {"classification": classification_outputs,
+                                                 "segmentation": segmentation.write_outputs}
 
 
 def predict(run: Run, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +100,7 @@ def run_command(args) -> list[str]:
         raise UserError(f"--top_k must be at least 1, got {args.top_k}.")
     paths = list_images(args.images)  # before loading anything
     run = load_run(args.workdir, checkpoint=args.checkpoint)
-    task = run.config.get("task", "classification")
+    task = task_name(run.config)  # config.task, or the dataset's
     if task not in OUTPUTS:
         raise UserError(f"experiments.predict cannot write the outputs of task {task!r} "
                         f"(config.task); it knows {', '.join(OUTPUTS)}.")
