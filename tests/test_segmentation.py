@@ -278,6 +278,11 @@ def test_a_segmentation_run_end_to_end(tmp_path, tiny_seg):
     image = np.asarray(Image.open(root / "images" / "img3.png"))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "pred" / "masks" / "img3.png")),
                                   segment(image[None])[0].argmax(-1))
+    from experiments import predict  # the shared command, with segmentation's output function
+    assert predict.main([str(tmp_path / "run"), str(root / "images"), "--out",
+                         str(tmp_path / "cli")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli" / "masks" / "img3.png")),
+                                  segment(image[None])[0].argmax(-1))
 
 
 def test_bad_combinations_are_refused_before_compute(tmp_path, tiny_seg):

@@ -9,7 +9,12 @@ public). Training sees random 128x128 crops of the 512x512 slices, flipped both 
 slice 8 times an epoch; evaluation runs on the six whole 512x512 held-out slices.
 U-Net at width 16 (16-256 channels, 1/16 of the classic layout), BatchNorm, Adam.
 
-Result: RESULT_PLACEHOLDER
+Result (6 epochs, 144 steps): on the 6 held-out slices, pixel accuracy 0.9195 (pixel error
+0.0805), mean IoU 0.7779 (membrane 0.650, cell 0.905), mean Dice 0.8692, frequency-weighted IoU
+0.8553. Below the 0.94 aimed at: the held-out accuracy was still rising (0.8059, 0.8871, 0.9075,
+0.9180, 0.9193, 0.9195 per epoch); a 12-epoch run (--config.num_epochs=12) was started but did
+not finish in the time the session had. Time: 23.5 min wall on 2 CPU cores shared with other
+jobs (load average about 20), 2 min 50 s of CPU time (user); 1,942,306 parameters.
 Reference: U-Net's pixel error on the challenge's test set is 0.0611 (accuracy 0.939;
 Ronneberger et al. 2015, Table 1); zhixuhao/unet's "about 0.97" is its training accuracy.
 """
@@ -27,7 +32,7 @@ def get_config():
     config.model.width = 16
     config.model.norm = "batch"
     config.model.upsample = "transpose"
-    config.num_epochs = 12
+    config.num_epochs = 6
     config.batch_size = 8
     config.eval_batch_size = 6
     config.train_transforms = "random_crop(128)|hflip|vflip|normalize"
