@@ -18,7 +18,7 @@ task beyond this record. A task says:
 | train_metrics(logits, batch, **options) | per-step scalars beside loss (at least 'accuracy') |
 | eval_counts(logits, batch, **options) | additive counts of one evaluation batch (padding 'mask' == 0 counts for nothing) |
 | summarize(counts) | whole-set metrics from the summed counts |
-| metrics, best_metric | the scalar metrics (checkpoint.best_metric may be 'test_' + any), the default best |
+| metrics, best_metric | the scalar metrics of `summarize` (checkpoint.best_metric may be 'val_' + any), the default best |
 | log_line(test) | the epoch line's test metrics |
 
 `config.task` picks one; empty means the dataset's (`DATASET_TASKS`, classification by default).
