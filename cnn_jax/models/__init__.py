@@ -16,7 +16,12 @@ from typing import Callable, NamedTuple
 from flax import linen as nn
 
 from cnn_jax.models.alexnet import AlexNet
+from cnn_jax.models.convnext import VARIANTS as CONVNEXT_VARIANTS, ConvNeXt
+from cnn_jax.models.densenet import DenseNet
+from cnn_jax.models.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS, EfficientNet
 from cnn_jax.models.lenet import LeNet5
+from cnn_jax.models.mobilenet import V3_LARGE, V3_SMALL, MobileNetV2, MobileNetV3
+from cnn_jax.models.regnet import RegNet
 from cnn_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
 
@@ -25,6 +30,10 @@ class ModelEntry(NamedTuple):
     build: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]  # (H, W, C) the architecture was designed for
 
+
+# Keywords a registered variant sets (its published default) that a run may still change;
+# every other keyword of a variant (depths, widths, layouts) defines the architecture.
+TUNABLE = frozenset({"dropout_rate", "stochastic_depth_rate"})
 
 IMAGENET = (224, 224, 3)
 CIFAR = (32, 32, 3)
@@ -52,6 +61,24 @@ for _depth, (_stages, _block) in RESNET_STAGES.items():
     MODELS[f"resnet{_depth}"] = ModelEntry(functools.partial(_resnet, stem="imagenet"), IMAGENET)
     MODELS[f"resnet{_depth}_cifar"] = ModelEntry(functools.partial(_resnet, stem="cifar"), CIFAR)
 
+# The modern families, named as torchvision names them; `_cifar` variants keep more resolution.
+MODELS["mobilenet_v2"] = ModelEntry(MobileNetV2, IMAGENET)
+MODELS["mobilenet_v2_cifar"] = ModelEntry(functools.partial(MobileNetV2, stem_strides=1), CIFAR)
+MODELS["mobilenet_v3_large"] = ModelEntry(
+    functools.partial(MobileNetV3, blocks=V3_LARGE, last_features=1280), IMAGENET)
+MODELS["mobilenet_v3_small"] = ModelEntry(
+    functools.partial(MobileNetV3, blocks=V3_SMALL, last_features=1024), IMAGENET)
+for _v, (_width, _depth, _dropout) in EFFICIENTNET_VARIANTS.items():
+    MODELS[f"efficientnet_{_v}"] = ModelEntry(functools.partial(
+        EfficientNet, width_mult=_width, depth_mult=_depth, dropout_rate=_dropout), IMAGENET)
+MODELS["regnet_y_400mf"] = ModelEntry(RegNet, IMAGENET)
+for _v, (_widths, _depths, _rate) in CONVNEXT_VARIANTS.items():
+    _convnext = functools.partial(ConvNeXt, widths=_widths, depths=_depths,
+                                  stochastic_depth_rate=_rate)
+    MODELS[f"convnext_{_v}"] = ModelEntry(_convnext, IMAGENET)
+    MODELS[f"convnext_{_v}_cifar"] = ModelEntry(functools.partial(_convnext, stem_patch=1), CIFAR)
+MODELS["densenet121"] = ModelEntry(DenseNet, IMAGENET)
+
 
 def _entry(name: str) -> ModelEntry:
     if name not in MODELS:
@@ -63,7 +90,7 @@ def model_options(name: str) -> list[str]:
     """The keyword arguments `get_model(name, ...)` accepts."""
     build = _entry(name).build
     cls = build.func if isinstance(build, functools.partial) else build
-    fixed = set(build.keywords) if isinstance(build, functools.partial) else set()
+    fixed = set(build.keywords) - TUNABLE if isinstance(build, functools.partial) else set()
     return sorted(f.name for f in dataclasses.fields(cls)
                   if f.init and f.name not in ("parent", "name") and f.name not in fixed)
 
@@ -88,4 +115,5 @@ def input_shape(name: str) -> tuple[int, int, int]:
 
 
 __all__ = ["MODELS", "get_model", "input_shape", "model_options", "LeNet5", "AlexNet", "VGG",
-           "ResNet", "BasicBlock", "BottleneckBlock"]
+           "ResNet", "BasicBlock", "BottleneckBlock", "MobileNetV2", "MobileNetV3", "EfficientNet",
+           "RegNet", "ConvNeXt", "DenseNet"]

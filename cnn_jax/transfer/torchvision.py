@@ -1,5 +1,6 @@
 """torchvision weights in and out: ResNet-18/34/50/101/152, VGG-11/13/16/19 (with and without
-BatchNorm) and AlexNet, from the state-dict file a user downloaded, and back.
+BatchNorm), AlexNet, MobileNetV2/V3, EfficientNet-B0..B3, RegNetY-400MF, ConvNeXt and
+DenseNet-121, from the state-dict file a user downloaded, and back.
 
     model, variables, report = import_torchvision("resnet18-f37072fd.pth", "resnet18")
     model, variables, report = import_torchvision("resnet50.safetensors", "resnet50",
@@ -17,6 +18,10 @@ torchvision's key names are the format (`conv1.weight`, `layer1.0.downsample.1.r
 - BatchNorm: weight/bias are scale/bias, running_mean/running_var the batch statistics; the
   epsilon (1e-5) and momentum (0.1) are PyTorch's already (`cnn_jax.layers.make_norm`).
   `num_batches_tracked` has no counterpart: ignored on import, written as 0 on export.
+
+The modern families name their modules after torchvision's module paths (see
+`cnn_jax/models/blocks.py`), so their keys are the module path joined by dots; only the
+classifier ("head") is renamed, and ConvNeXt's layer scale gets torchvision's (C, 1, 1) shape.
 
 The same names serve the `_cifar` variants (only their stem or head shapes differ).
 Files: `.safetensors` is read and written with `safetensors` (no PyTorch needed); `.pth`/`.pt`
@@ -38,7 +43,12 @@ from cnn_jax.models import MODELS, get_model, input_shape as model_input_shape
 from cnn_jax.transfer.loading import (LoadReport, Patterns, flatten, full_name, leaf_name,
                                       load_error, matcher, unflatten)
 
-FAMILIES = ("resnet", "vgg", "alexnet")
+FAMILIES = ("resnet", "vgg", "alexnet", "mobilenet", "efficientnet", "regnet", "convnext",
+            "densenet")
+# Families whose module paths are torchvision's keys; the value is the classifier's key.
+DOTTED_HEADS = {"mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3",
+                "efficientnet": "classifier.1", "regnet": "fc", "convnext": "classifier.2",
+                "densenet": "classifier"}
 TORCH_EXTENSIONS = (".pth", ".pt", ".bin")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
 ALEXNET_FEATURES = (0, 3, 6, 8, 10)  # torchvision's indices of AlexNet's five convolutions
@@ -50,12 +60,13 @@ LEAVES = {  # (collection, Flax leaf) -> PyTorch parameter or buffer
     ("params", "bias"): "bias",
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    ("params", "layer_scale"): "layer_scale",
 }
 
 
 class TorchKey(NamedTuple):
     key: str      # torchvision's name
-    layout: str   # 'conv' | 'dense' | 'flatten_dense' | 'vector'
+    layout: str   # 'conv' | 'dense' | 'flatten_dense' | 'vector' | 'layer_scale'
     channels: int = 0  # flatten_dense: channels of the feature map it reads
 
 
@@ -86,6 +97,9 @@ def _vgg_feature_indices(model_name: str) -> dict[str, int]:
 
 def _module_key(fam: str, module: tuple[str, ...], model_name: str) -> str | None:
     """torchvision's module name for a cnn_jax module path, or None if it has none."""
+    dotted = next((h for prefix, h in DOTTED_HEADS.items() if model_name.startswith(prefix)), None)
+    if dotted:
+        return dotted if module == ("head",) else ".".join(module)
     if fam == "resnet":
         if module == ("stem", "conv"):
             return "conv1"
@@ -132,7 +146,9 @@ def torchvision_keys(model_name: str, variables: Mapping[str, Any]) -> dict[tupl
         if module_key is None or suffix is None:
             raise ValueError(f"{full_name(path)} of {model_name!r} has no torchvision "
                              "counterpart (was the model built with other options?).")
-        if len(value.shape) == 4:
+        if path[-1] == "layer_scale":
+            layout, channels = "layer_scale", 0
+        elif len(value.shape) == 4:
             layout, channels = "conv", 0
         elif len(value.shape) == 2 and path[1] == "fc1":
             layout, channels = "flatten_dense", last_conv_channels
@@ -151,6 +167,8 @@ def torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
         return (o, i, h, w)
     if layout in ("dense", "flatten_dense"):
         return (shape[1], shape[0])
+    if layout == "layer_scale":
+        return (shape[0], 1, 1)
     return tuple(shape)
 
 
@@ -163,6 +181,8 @@ def to_flax_layout(array: np.ndarray, tk: TorchKey) -> np.ndarray:
         out, features = array.shape
         c = tk.channels
         return array.reshape(out, c, features // c).transpose(2, 1, 0).reshape(features, out)
+    if tk.layout == "layer_scale":
+        return array.reshape(-1)
     return array
 
 
@@ -175,6 +195,8 @@ def to_torch_layout(array: np.ndarray, tk: TorchKey) -> np.ndarray:
         features, out = array.shape
         c = tk.channels
         return array.reshape(features // c, c, out).transpose(2, 1, 0).reshape(out, features)
+    if tk.layout == "layer_scale":
+        return array.reshape(-1, 1, 1)
     return array
 
 
