@@ -126,14 +126,21 @@ def test_regnet_stages_follow_the_paper_rule():
 
 
 def test_stochastic_depth_is_active_in_training_only():
-    model = get_model("convnext_tiny_cifar", num_classes=10, stochastic_depth_rate=0.9)
-    x = jnp.asarray(np.random.RandomState(0).rand(2, 32, 32, 3), jnp.float32)
+    from cnn_jax.models.convnext import ConvNeXt
+    model = ConvNeXt(widths=(8, 16), depths=(2, 1), stochastic_depth_rate=0.9, stem_patch=2,
+                     num_classes=3)
+    x = jnp.asarray(np.random.RandomState(0).rand(4, 8, 8, 3), jnp.float32)
     variables = model.init(jax.random.key(0), x)
-    evals = [model.apply(variables, x, train=False) for _ in range(2)]
+    variables = jax.tree.map(lambda v: v + 0.5, variables)  # layer scales away from 1e-6
+    apply = jax.jit(model.apply, static_argnames="train")
+    evals = [apply(variables, x, train=False) for _ in range(2)]
     np.testing.assert_array_equal(evals[0], evals[1])
-    trains = [model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(k)})
+    trains = [apply(variables, x, train=True, rngs={"dropout": jax.random.key(k)})
               for k in (0, 1)]
     assert not np.allclose(trains[0], trains[1])
+    assert get_model("convnext_base", num_classes=2).stochastic_depth_rate == 0.5
+    assert get_model("convnext_base", num_classes=2,
+                     stochastic_depth_rate=0.2).stochastic_depth_rate == 0.2
 
 
 # ---- torchvision parity --------------------------------------------------------------------
