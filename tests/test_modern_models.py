@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from cnn_jax.layers import ACTIVATIONS, SqueezeExcitation, StochasticDepth, layer_scale
+from cnn_jax.layers import SqueezeExcitation, StochasticDepth, layer_scale
 from cnn_jax.models import get_model, input_shape
 from cnn_jax.models.blocks import make_divisible
 from cnn_jax.models.regnet import regnet_stages
@@ -59,16 +59,6 @@ def test_cifar_variants_take_32x32_and_give_logits():
 def test_make_divisible_matches_the_tf_rule():
     # Values checked by hand against torchvision.models._utils._make_divisible.
     assert [make_divisible(v) for v in (16, 17.6, 35.2, 3, 12, 100.8)] == [16, 16, 32, 8, 16, 104]
-
-
-@pytest.mark.parametrize("name,ref", [
-    ("relu6", lambda x: np.clip(x, 0, 6)),
-    ("hard_sigmoid", lambda x: np.clip(x + 3, 0, 6) / 6),
-    ("hard_swish", lambda x: x * np.clip(x + 3, 0, 6) / 6),
-])
-def test_new_activations(name, ref):
-    x = np.linspace(-8, 8, 161).astype(np.float32)
-    np.testing.assert_allclose(ACTIVATIONS[name](jnp.asarray(x)), ref(x), atol=1e-6)
 
 
 def test_squeeze_excitation_against_numpy():
@@ -141,6 +131,46 @@ def test_stochastic_depth_is_active_in_training_only():
     assert get_model("convnext_base", num_classes=2).stochastic_depth_rate == 0.5
     assert get_model("convnext_base", num_classes=2,
                      stochastic_depth_rate=0.2).stochastic_depth_rate == 0.2
+
+
+@pytest.mark.parametrize("kernel,strides,padding,dilation", [
+    (3, 1, "SAME", 1), (3, 2, ((1, 1), (1, 1)), 1), (5, 2, ((2, 1), (0, 2)), 1),
+    (3, 1, "VALID", 2), (5, 1, "SAME", 1)])
+def test_depthwise_convolution_as_shifted_slices(kernel, strides, padding, dilation):
+    """`ops.conv_general_dilated` computes depthwise 3x3/5x5 convolutions as shifted slices:
+    the same outputs and gradients as XLA's grouped convolution."""
+    from jax import lax
+    from cnn_jax import ops
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(2, 11, 9, 6), jnp.float32)
+    w = jnp.asarray(rng.randn(kernel, kernel, 1, 6), jnp.float32)
+    args = ((strides, strides), padding)
+    kwargs = dict(rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                  feature_group_count=6)
+
+    def loss(conv, x, w):
+        y = conv(x, w, *args, **kwargs)
+        return jnp.sum(y * jnp.cos(y)), y
+
+    (_, fast), fast_grads = jax.value_and_grad(functools.partial(loss, ops.conv_general_dilated),
+                                               argnums=(0, 1), has_aux=True)(x, w)
+    (_, plain), plain_grads = jax.value_and_grad(functools.partial(loss, lax.conv_general_dilated),
+                                                 argnums=(0, 1), has_aux=True)(x, w)
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fast_grads, plain_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # The shifted form is what runs: its jaxpr has no convolution at all.
+    jaxpr = str(jax.make_jaxpr(lambda x, w: ops.conv_general_dilated(x, w, *args, **kwargs))(x, w))
+    assert "conv_general_dilated" not in jaxpr
+
+
+def test_depthwise_7x7_stays_a_grouped_convolution():
+    from cnn_jax import ops
+    x, w = jnp.zeros((1, 8, 8, 4)), jnp.zeros((7, 7, 1, 4))
+    jaxpr = str(jax.make_jaxpr(lambda x, w: ops.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=4))(x, w))
+    assert "conv_general_dilated" in jaxpr
 
 
 # ---- torchvision parity --------------------------------------------------------------------
