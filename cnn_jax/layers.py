@@ -6,6 +6,8 @@
   modern families (MobileNet, EfficientNet, RegNet, ConvNeXt); depthwise and grouped
   convolutions are `ConvBlock(groups=...)` / `ConvBlock(depthwise=True)`.
 - `conv`: the plain convolution every block uses (fast CPU gradients through `cnn_jax.ops`).
+- `ConvTranspose`: PyTorch's transposed convolution (`ConvTranspose2d`), U-Net's up-sampling.
+- `resize_bilinear`: PyTorch's `F.interpolate(mode='bilinear', align_corners=False)`.
 - Pooling: `max_pool`, `avg_pool`, `global_avg_pool`, `global_max_pool`,
   `adaptive_avg_pool` (pure functions) and the `Pool` module wrapping them.
 - Registries by name: `ACTIVATIONS`, `NORMS`, `POOLS`.
@@ -212,6 +214,46 @@ class ConvBlock(nn.Module):
         return activation(x)
 
 
+class ConvTranspose(nn.Module):
+    """PyTorch's `ConvTranspose2d` (no groups, no dilation, no output padding): input pixel
+    (i, j) adds `x[i, j] @ kernel[a, b]` to output pixel (i * s + a - p, j * s + b - p), so a
+    2x2 kernel with stride 2 doubles H and W. The kernel is (kh, kw, in, out); PyTorch's
+    weight is its (in, out, kh, kw) transpose, not flipped.
+
+    `fast` (default): where windows do not overlap (kernel == strides, no padding) it is
+    computed as a matmul per output phase plus a depth-to-space reshape, not by XLA's
+    transposed convolution, whose gradient is very slow on CPU (`ops.conv_transpose`).
+    """
+    features: int
+    kernel_size: IntOrPair = 2
+    strides: IntOrPair = 2
+    padding: IntOrPair = 0
+    use_bias: bool = True
+    fast: bool = True
+    kernel_init: Callable = nn.linear.default_kernel_init
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        check_nhwc(x, "ConvTranspose")
+        kernel_size = _pair(self.kernel_size, "kernel_size")
+        strides = _pair(self.strides, "strides")
+        padding = (self.padding,) * 2 if isinstance(self.padding, int) else tuple(self.padding)
+        if len(padding) != 2 or not all(isinstance(p, int) and 0 <= p < k
+                                        for p, k in zip(padding, kernel_size)):
+            raise ValueError(f"ConvTranspose padding must be an int or a pair of ints in "
+                             f"[0, kernel_size); got {self.padding!r}.")
+        kernel = self.param("kernel", self.kernel_init,
+                            (*kernel_size, x.shape[-1], self.features), self.param_dtype)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        y = ops.conv_transpose(x, kernel, strides, padding, fast=self.fast)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                               self.param_dtype).astype(self.dtype)
+        return y
+
+
 class DenseBlock(nn.Module):
     """Dense -> activation -> dropout (dropout is active only when `train`)."""
     features: int
@@ -333,6 +375,16 @@ def adaptive_avg_pool(x: jax.Array, output_size: IntOrPair) -> jax.Array:
     x = jnp.concatenate(rows, axis=1)
     cols = [jnp.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in bins(w, out_w)]
     return jnp.concatenate(cols, axis=2)
+
+
+def resize_bilinear(x: jax.Array, size: IntOrPair) -> jax.Array:
+    """NHWC `x` resized to `size` (H, W) by bilinear interpolation with half-pixel centers:
+    PyTorch's `F.interpolate(x, size, mode='bilinear', align_corners=False)`, which segmentation
+    heads use to bring their logits to the input's size (for up-sampling; down-sampling
+    without antialiasing, as PyTorch, not the antialiased default of `jax.image.resize`)."""
+    check_nhwc(x, "resize_bilinear")
+    h, w = _pair(size, "size")
+    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear", antialias=False)
 
 
 POOLS: dict[str, Callable[..., jax.Array]] = {"max": max_pool, "avg": avg_pool}

@@ -177,3 +177,25 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, strides: tuple[int, 
     taps = _window_slices(x, (kh, kw), strides, out_hw, dilation)
     weights = kernel.reshape(kh * kw, c).astype(x.dtype)
     return sum(tap * weights[i] for i, tap in enumerate(taps))
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                   padding: tuple[int, int] = (0, 0), *, fast: bool = True) -> jax.Array:
+    """PyTorch's `ConvTranspose2d` on NHWC `x`: input pixel (i, j) adds `x[i, j] @ kernel[a, b]`
+    to output pixel (i * s + a - p, j * s + b - p); the output is
+    ((H - 1) * s + k - 2p, (W - 1) * s + k - 2p). `kernel` is (kh, kw, in, out).
+
+    The plain form is XLA's transposed convolution: a convolution of the zero-dilated input
+    with the flipped kernel. With `fast` and non-overlapping windows (kernel == strides, no
+    padding: U-Net's 2x2 up-convolution) it is one matmul per output phase (a, b), the phases
+    interleaved by a reshape (depth-to-space): the same sums without the multiplications by
+    the dilation's zeros, which XLA's CPU backend otherwise does (jax issue 23783).
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel.shape[:2], strides, padding
+    if fast and (kh, kw) == (sh, sw) and (ph, pw) == (0, 0):
+        n, h, w, _ = x.shape
+        y = jnp.einsum("nhwc,abco->nhawbo", x, kernel)
+        return y.reshape(n, h * kh, w * kw, kernel.shape[-1])
+    return lax.conv_general_dilated(
+        x, kernel[::-1, ::-1], (1, 1), ((kh - 1 - ph, kh - 1 - ph), (kw - 1 - pw, kw - 1 - pw)),
+        lhs_dilation=(sh, sw), dimension_numbers=("NHWC", "HWIO", "NHWC"))

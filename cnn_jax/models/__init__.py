@@ -22,13 +22,18 @@ from cnn_jax.models.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS, Effic
 from cnn_jax.models.lenet import LeNet5
 from cnn_jax.models.mobilenet import V3_LARGE, V3_SMALL, MobileNetV2, MobileNetV3
 from cnn_jax.models.regnet import RegNet
-from cnn_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet
+from cnn_jax.models.resnet import STAGES as RESNET_STAGES, BasicBlock, BottleneckBlock, ResNet
+from cnn_jax.models.segmentation import SegmentationModel
+from cnn_jax.models.unet import UNet
 from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
 
 
 class ModelEntry(NamedTuple):
     build: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]  # (H, W, C) the architecture was designed for
+    # What the logits are: 'classification' (N, num_classes), 'segmentation' (N, H, W,
+    # num_classes) at the input's resolution.
+    task: str = "classification"
 
 
 # Keywords a registered variant sets (its published default) that a run may still change;
@@ -37,13 +42,6 @@ TUNABLE = frozenset({"dropout_rate", "stochastic_depth_rate"})
 
 IMAGENET = (224, 224, 3)
 CIFAR = (32, 32, 3)
-RESNET_STAGES = {
-    18: ((2, 2, 2, 2), BasicBlock),
-    34: ((3, 4, 6, 3), BasicBlock),
-    50: ((3, 4, 6, 3), BottleneckBlock),
-    101: ((3, 4, 23, 3), BottleneckBlock),
-    152: ((3, 8, 36, 3), BottleneckBlock),
-}
 
 MODELS: dict[str, ModelEntry] = {
     "lenet5": ModelEntry(LeNet5, (32, 32, 1)),
@@ -60,6 +58,12 @@ for _depth, (_stages, _block) in RESNET_STAGES.items():
     _resnet = functools.partial(ResNet, stage_sizes=_stages, block_cls=_block)
     MODELS[f"resnet{_depth}"] = ModelEntry(functools.partial(_resnet, stem="imagenet"), IMAGENET)
     MODELS[f"resnet{_depth}_cifar"] = ModelEntry(functools.partial(_resnet, stem="cifar"), CIFAR)
+MODELS["unet"] = ModelEntry(UNet, (256, 256, 1), task="segmentation")
+for _head in ("fcn", "deeplabv3"):
+    for _depth in (50, 101):
+        MODELS[f"{_head}_resnet{_depth}"] = ModelEntry(
+            functools.partial(SegmentationModel, head=_head, backbone=f"resnet{_depth}"),
+            (520, 520, 3), task="segmentation")
 
 # The modern families, named as torchvision names them; `_cifar` variants keep more resolution.
 MODELS["mobilenet_v2"] = ModelEntry(MobileNetV2, IMAGENET)
@@ -114,6 +118,13 @@ def input_shape(name: str) -> tuple[int, int, int]:
     return _entry(name).input_shape
 
 
-__all__ = ["MODELS", "get_model", "input_shape", "model_options", "LeNet5", "AlexNet", "VGG",
-           "ResNet", "BasicBlock", "BottleneckBlock", "MobileNetV2", "MobileNetV3", "EfficientNet",
-           "RegNet", "ConvNeXt", "DenseNet"]
+def model_task(name: str) -> str:
+    """What the model's logits are for: 'classification' ((N, num_classes)) or
+    'segmentation' ((N, H, W, num_classes), the input's H and W)."""
+    return _entry(name).task
+
+
+__all__ = ["MODELS", "get_model", "input_shape", "model_options", "model_task", "LeNet5",
+           "AlexNet", "VGG", "ResNet", "BasicBlock", "BottleneckBlock", "UNet",
+           "SegmentationModel", "MobileNetV2", "MobileNetV3", "EfficientNet", "RegNet",
+           "ConvNeXt", "DenseNet"]
