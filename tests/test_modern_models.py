@@ -31,6 +31,8 @@ TORCHVISION_PARAMS = {
     "convnext_small": 50_223_688,
     "convnext_base": 88_591_464,
     "densenet121": 7_978_856,
+    "resnext50_32x4d": 25_028_904,
+    "wide_resnet50_2": 68_883_240,
 }
 
 
@@ -177,7 +179,7 @@ def test_depthwise_7x7_stays_a_grouped_convolution():
 
 FAST = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
         "regnet_y_400mf", "convnext_tiny"]
-SLOW = ["efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "convnext_small",
+SLOW = ["resnext50_32x4d", "wide_resnet50_2", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "convnext_small",
         "convnext_base", "densenet121"]
 
 

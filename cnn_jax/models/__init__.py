@@ -64,6 +64,11 @@ for _head in ("fcn", "deeplabv3"):
         MODELS[f"{_head}_resnet{_depth}"] = ModelEntry(
             functools.partial(SegmentationModel, head=_head, backbone=f"resnet{_depth}"),
             (520, 520, 3), task="segmentation")
+MODELS["resnext50_32x4d"] = ModelEntry(functools.partial(
+    ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock, groups=32, width_per_group=4),
+    IMAGENET)
+MODELS["wide_resnet50_2"] = ModelEntry(functools.partial(
+    ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock, width_per_group=128), IMAGENET)
 
 # The modern families, named as torchvision names them; `_cifar` variants keep more resolution.
 MODELS["mobilenet_v2"] = ModelEntry(MobileNetV2, IMAGENET)

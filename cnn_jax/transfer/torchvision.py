@@ -49,8 +49,8 @@ from cnn_jax.models import MODELS, get_model, input_shape as model_input_shape
 from cnn_jax.transfer.loading import (LoadReport, Patterns, flatten, full_name, leaf_name,
                                       load_error, matcher, unflatten)
 
-FAMILIES = ("resnet", "vgg", "alexnet", "fcn", "deeplabv3", "mobilenet", "efficientnet",
-            "regnet", "convnext", "densenet")
+FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet", "fcn", "deeplabv3",
+            "mobilenet", "efficientnet", "regnet", "convnext", "densenet")
 SEGMENTATION_FAMILIES = ("fcn", "deeplabv3")
 # Families whose module paths are torchvision's keys; the value is the classifier's key.
 DOTTED_HEADS = {"mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3",
@@ -87,7 +87,7 @@ class TorchKey(NamedTuple):
 def family(model_name: str) -> str:
     for fam in FAMILIES:
         if model_name.startswith(fam) and model_name in MODELS:
-            return fam
+            return "resnet" if fam in ("resnext", "wide_resnet") else fam  # ResNet's layout
     supported = sorted(n for n in MODELS if n.startswith(FAMILIES))
     raise ValueError(f"No torchvision layout for model {model_name!r}. Supported: "
                      f"{', '.join(supported)}.")
