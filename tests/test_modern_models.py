@@ -56,6 +56,34 @@ def test_cifar_variants_take_32x32_and_give_logits():
         assert out.shape == (2, 10) and input_shape(name) == (32, 32, 3)
 
 
+MODERN_BACKBONES = ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+                    "regnet_y_400mf", "convnext_tiny", "densenet121", "resnext50_32x4d",
+                    "wide_resnet50_2"]
+
+
+@pytest.mark.parametrize("name", MODERN_BACKBONES)
+def test_multi_scale_features(name):
+    """`get_backbone(name)` gives the maps at strides 4, 8, 16, 32 of a 64x64 image, and its
+    parameters are the classifier's without the head (so classifier weights initialize it)."""
+    from cnn_jax.models.backbones import get_backbone
+    x = jnp.zeros((1, 64, 64, 3))
+    backbone = get_backbone(name)
+    variables = jax.eval_shape(backbone.init, jax.random.key(0), x)
+    maps = jax.eval_shape(backbone.apply, variables, x)
+    assert sorted(maps) == [4, 8, 16, 32]
+    for stride, fmap in maps.items():
+        assert fmap.shape[1:3] == (64 // stride, 64 // stride), (stride, fmap.shape)
+    classifier = get_model(name, num_classes=10)
+    full = jax.eval_shape(classifier.init, jax.random.key(0), x)
+    flat = lambda tree: {k: v.shape for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    backbone_arrays, classifier_arrays = flat(variables), flat(full)
+    assert set(backbone_arrays) <= set(classifier_arrays)
+    missing = {jax.tree_util.keystr(k) for k in set(classifier_arrays) - set(backbone_arrays)}
+    assert missing and all("head" in k or "classifier" in k for k in missing), missing
+    with pytest.raises(ValueError, match="valid strides"):
+        jax.eval_shape(get_backbone(name, out_strides=(64,)).init, jax.random.key(0), x)
+
+
 # ---- blocks --------------------------------------------------------------------------------
 
 def test_make_divisible_matches_the_tf_rule():

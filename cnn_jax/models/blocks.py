@@ -3,12 +3,15 @@
 Their modules are named after torchvision's module paths (`features.3`, `block.1`, ...), so a
 parameter's path joined with dots is torchvision's key (`features.3.block.1.0.weight`) and
 weights move between the two without a renaming table (`cnn_jax.transfer.torchvision`).
+As backbones (`cnn_jax.models.backbones`), with `out_strides` set, they return
+{stride: feature map} (the last map at each stride) and make no classifier.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -25,6 +28,15 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     min_value = divisor if min_value is None else min_value
     new = max(min_value, int(value + divisor / 2) // divisor * divisor)
     return new + divisor if new < 0.9 * value else new
+
+
+def select_features(features: dict[int, jax.Array], out_strides: Sequence[int], model: str
+                    ) -> dict[int, jax.Array]:
+    """A backbone's output: {stride: the last feature map at that stride} for `out_strides`."""
+    if not out_strides or any(s not in features for s in out_strides):
+        raise ValueError(f"{model} out_strides {tuple(out_strides)!r}: valid strides are "
+                         f"{sorted(features)}.")
+    return {s: features[s] for s in out_strides}
 
 
 def conv_norm_act(features: int, kernel_size: int, strides: int = 1, *, act: str, name: str,

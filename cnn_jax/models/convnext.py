@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cnn_jax.layers import StochasticDepth, check_nhwc, conv, layer_scale
-from cnn_jax.models.blocks import conv_norm_act
+from cnn_jax.models.blocks import conv_norm_act, select_features
 
 TRUNC_INIT = nn.initializers.truncated_normal(0.02)
 # (channels per stage, blocks per stage, stochastic depth rate) as torchvision.
@@ -50,6 +50,7 @@ class ConvNeXt(nn.Module):
     stem_patch: int = 4      # 1 or 2 for 32x32 inputs (the `_cifar` variant)
     num_classes: int = 1000
     dtype: Any = jnp.float32
+    out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -57,19 +58,23 @@ class ConvNeXt(nn.Module):
         x = conv_norm_act(self.widths[0], self.stem_patch, self.stem_patch, padding=0,
                           norm="layer", norm_eps=1e-6, act="none", use_bias=True,
                           dtype=self.dtype, name="features.0")(x, train)
-        total, block_id, index = sum(self.depths), 0, 1
+        total, block_id, index, stride = sum(self.depths), 0, 1, self.stem_patch
+        features = {}
         for stage, (width, depth) in enumerate(zip(self.widths, self.depths)):
             for j in range(depth):
                 rate = self.stochastic_depth_rate * block_id / (total - 1.0)
                 x = CNBlock(rate, self.layer_scale_init, self.dtype,
                             name=f"features.{index}.{j}")(x, train)
                 block_id += 1
+            features[stride * 2**stage] = x
             index += 1
             if stage + 1 < len(self.widths):  # downsampling: LayerNorm "0", 2x2/2 conv "1"
                 x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=f"features.{index}.0")(x)
                 x = conv(self.widths[stage + 1], 2, 2, 0, kernel_init=TRUNC_INIT,
                          dtype=self.dtype, name=f"features.{index}.1")(x)
                 index += 1
+        if self.out_strides is not None:
+            return select_features(features, self.out_strides, "ConvNeXt")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="classifier.0")(x)
         x = nn.Dense(self.num_classes, kernel_init=TRUNC_INIT, dtype=self.dtype, name="head")(x)

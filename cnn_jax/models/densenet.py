@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cnn_jax.layers import avg_pool, check_nhwc, conv, make_norm, max_pool
+from cnn_jax.models.blocks import select_features
 
 HE_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # torchvision's kaiming_normal_
 
@@ -26,6 +27,7 @@ class DenseNet(nn.Module):
     num_classes: int = 1000
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
+    out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
 
     def _norm_relu(self, x, name, train):
         norm = make_norm("batch", train=train, features=x.shape[-1], dtype=self.dtype,
@@ -41,6 +43,7 @@ class DenseNet(nn.Module):
         check_nhwc(x, "DenseNet")
         x = self._conv(self.num_init_features, 7, "features.conv0", 2, 3)(x)
         x = self._norm_relu(x, "features.norm0", train)
+        features = {2: x}
         x = max_pool(x, 3, 2, padding=1)
         for i, num_layers in enumerate(self.block_config, start=1):
             block = f"features.denseblock{i}"
@@ -52,9 +55,13 @@ class DenseNet(nn.Module):
                 y = self._conv(self.growth_rate, 3, f"{layer}.conv2", padding=1)(y)
                 x = jnp.concatenate([x, y], axis=-1)
             if i < len(self.block_config):
+                features[2 ** (i + 1)] = x
                 y = self._norm_relu(x, f"features.transition{i}.norm", train)
                 x = avg_pool(self._conv(x.shape[-1] // 2, 1, f"features.transition{i}.conv")(y), 2)
         x = self._norm_relu(x, "features.norm5", train)
+        features[2 ** (len(self.block_config) + 1)] = x
+        if self.out_strides is not None:
+            return select_features(features, self.out_strides, "DenseNet")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return x.astype(jnp.float32)

@@ -9,14 +9,14 @@ the residual branches grows linearly from 0 to `stochastic_depth_rate` over the 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from cnn_jax.layers import SqueezeExcitation, StochasticDepth, check_nhwc
-from cnn_jax.models.blocks import conv_norm_act, make_divisible
+from cnn_jax.models.blocks import conv_norm_act, make_divisible, select_features
 
 # (expansion, kernel, stride, in channels, out channels, blocks) per stage: the paper's Table 1.
 B0_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
@@ -62,6 +62,7 @@ class EfficientNet(nn.Module):
     num_classes: int = 1000
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
+    out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -71,15 +72,21 @@ class EfficientNet(nn.Module):
                    make_divisible(c_out * self.width_mult), math.ceil(n * self.depth_mult))
                   for t, k, s, c_in, c_out, n in B0_STAGES]
         x = conv_norm_act(stages[0][3], 3, 2, act="silu", name="features.0", **common)(x, train)
-        total, block_id = sum(s[-1] for s in stages), 0
+        total, block_id, stride = sum(s[-1] for s in stages), 0, 2
+        features = {stride: x}
         for i, (t, k, s, _, c_out, n) in enumerate(stages, start=1):
             for j in range(n):
                 x = MBConv(c_out, k, s if j == 0 else 1, t,
                            self.stochastic_depth_rate * block_id / total,
                            name=f"features.{i}.{j}", **common)(x, train)
                 block_id += 1
+            stride *= s
+            features[stride] = x
         x = conv_norm_act(4 * stages[-1][4], 1, act="silu", name=f"features.{len(stages) + 1}",
                           **common)(x, train)
+        features[stride] = x
+        if self.out_strides is not None:
+            return select_features(features, self.out_strides, "EfficientNet")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         bound = 1.0 / math.sqrt(self.num_classes)  # torchvision's U(-bound, bound)

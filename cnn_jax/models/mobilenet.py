@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cnn_jax.layers import SqueezeExcitation, check_nhwc
-from cnn_jax.models.blocks import LINEAR_INIT, conv_norm_act, make_divisible
+from cnn_jax.models.blocks import LINEAR_INIT, conv_norm_act, make_divisible, select_features
 
 # MobileNetV2: (expansion t, channels c, blocks n, stride s) per stage.
 V2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -81,6 +81,7 @@ class MobileNetV2(nn.Module):
     stem_strides: int = 2       # 1 for 32x32 inputs (the `_cifar` variant)
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
+    out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -88,14 +89,19 @@ class MobileNetV2(nn.Module):
         common = dict(norm_axis_name=self.norm_axis_name, dtype=self.dtype)
         x = conv_norm_act(make_divisible(32 * self.width_mult), 3, self.stem_strides,
                           act="relu6", name="features.0", **common)(x, train)
-        i = 1
+        stride = self.stem_strides
+        features, i = {stride: x}, 1
         for t, c, n, s in V2_SETTING:
             for j in range(n):
                 x = InvertedResidualV2(make_divisible(c * self.width_mult), s if j == 0 else 1, t,
                                        name=f"features.{i}", **common)(x, train)
-                i += 1
+                stride *= s if j == 0 else 1
+                features[stride], i = x, i + 1
         last = make_divisible(1280 * max(1.0, self.width_mult))
         x = conv_norm_act(last, 1, act="relu6", name=f"features.{i}", **common)(x, train)
+        features[stride] = x
+        if self.out_strides is not None:
+            return select_features(features, self.out_strides, "MobileNetV2")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, kernel_init=LINEAR_INIT, dtype=self.dtype, name="head")(x)
@@ -134,6 +140,7 @@ class MobileNetV3(nn.Module):
     dropout_rate: float = 0.2
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
+    out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -142,11 +149,18 @@ class MobileNetV3(nn.Module):
                       dtype=self.dtype)
         x = conv_norm_act(self.blocks[0].in_features, 3, 2, act="hard_swish", name="features.0",
                           **common)(x, train)
+        stride = 2
+        features = {stride: x}
         for i, cfg in enumerate(self.blocks, start=1):
             x = InvertedResidualV3(cfg, self.norm_axis_name, self.dtype,
                                    name=f"features.{i}")(x, train)
+            stride *= cfg.strides
+            features[stride] = x
         x = conv_norm_act(6 * self.blocks[-1].out_features, 1, act="hard_swish",
                           name=f"features.{len(self.blocks) + 1}", **common)(x, train)
+        features[stride] = x
+        if self.out_strides is not None:
+            return select_features(features, self.out_strides, "MobileNetV3")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.last_features, kernel_init=LINEAR_INIT, dtype=self.dtype,
                      name="classifier.0")(x)

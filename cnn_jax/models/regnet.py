@@ -16,7 +16,7 @@ import numpy as np
 from flax import linen as nn
 
 from cnn_jax.layers import SqueezeExcitation, check_nhwc
-from cnn_jax.models.blocks import conv_norm_act, make_divisible
+from cnn_jax.models.blocks import conv_norm_act, make_divisible, select_features
 
 
 def regnet_stages(depth: int, w_0: int, w_a: float, w_m: float, group_width: int,
@@ -71,17 +71,22 @@ class RegNet(nn.Module):
     num_classes: int = 1000
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
+    out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_nhwc(x, "RegNet")
         common = dict(norm_axis_name=self.norm_axis_name, dtype=self.dtype)
         x = conv_norm_act(self.stem_width, 3, 2, act="relu", name="stem", **common)(x, train)
+        features = {2: x}
         for i, (width, depth, group_width) in enumerate(self.stages, start=1):
             for j in range(depth):
                 x = ResBottleneckBlock(width, 2 if j == 0 else 1, group_width, self.se_ratio,
                                        name=f"trunk_output.block{i}.block{i}-{j}",
                                        **common)(x, train)
+            features[2 ** (i + 1)] = x
+        if self.out_strides is not None:
+            return select_features(features, self.out_strides, "RegNet")
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
                      dtype=self.dtype, name="head")(x)
