@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 from flax import linen as nn
 
 from cnn_jax.models.alexnet import AlexNet
+from cnn_jax.models.botnet import BoTNet
 from cnn_jax.models.convnext import VARIANTS as CONVNEXT_VARIANTS, ConvNeXt
 from cnn_jax.models.densenet import DenseNet
 from cnn_jax.models.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS, EfficientNet
@@ -87,6 +88,10 @@ for _v, (_widths, _depths, _rate) in CONVNEXT_VARIANTS.items():
     MODELS[f"convnext_{_v}"] = ModelEntry(_convnext, IMAGENET)
     MODELS[f"convnext_{_v}_cifar"] = ModelEntry(functools.partial(_convnext, stem_patch=1), CIFAR)
 MODELS["densenet121"] = ModelEntry(DenseNet, IMAGENET)
+# CNN + self-attention hybrids. BoTNet's position encodings fit one input size.
+MODELS["botnet50"] = ModelEntry(BoTNet, IMAGENET)
+MODELS["botnet_cifar"] = ModelEntry(functools.partial(
+    BoTNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, stem="cifar"), CIFAR)
 
 
 def _entry(name: str) -> ModelEntry:
@@ -132,4 +137,4 @@ def model_task(name: str) -> str:
 __all__ = ["MODELS", "get_model", "input_shape", "model_options", "model_task", "LeNet5",
            "AlexNet", "VGG", "ResNet", "BasicBlock", "BottleneckBlock", "UNet",
            "SegmentationModel", "MobileNetV2", "MobileNetV3", "EfficientNet", "RegNet",
-           "ConvNeXt", "DenseNet"]
+           "ConvNeXt", "DenseNet", "BoTNet"]
