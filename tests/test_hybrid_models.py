@@ -96,3 +96,35 @@ def test_botnet_needs_its_input_size():
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     with pytest.raises(Exception):
         jax.eval_shape(model.apply, variables, jnp.zeros((1, 64, 64, 3)))
+
+
+def test_coatnet0_parameter_count_is_the_papers():
+    """Dai et al. 2021, Table 4: CoAtNet-0 has 25M parameters (at 224x224)."""
+    model = get_model("coatnet_0", num_classes=1000)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    count = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+    assert round(count / 1e6) == 25 and count == 25_221_012, count
+
+
+def test_relative_attention_bias_against_numpy():
+    from cnn_jax.models.coatnet import RelativeAttention
+    rng = np.random.RandomState(2)
+    x = rng.randn(2, 3, 2, 8).astype(np.float32)
+    layer = RelativeAttention(features=8, head_dim=4)
+    variables = layer.init(jax.random.key(0), x)
+    p = jax.tree.map(np.asarray, variables["params"])
+    p["relative_bias"] = rng.randn(*p["relative_bias"].shape).astype(np.float32)
+    qkv = x.reshape(2, 6, 8) @ p["qkv"]["kernel"] + p["qkv"]["bias"]
+    q, k, v = np.split(qkv.reshape(2, 6, 3, 2, 4), 3, axis=2)
+    q, k, v = (t[:, :, 0].transpose(0, 2, 1, 3) for t in (q, k, v))
+    bias = np.zeros((2, 6, 6), np.float32)
+    for a in range(6):
+        for b in range(6):
+            (i, j), (kk, ll) = divmod(a, 2), divmod(b, 2)
+            bias[:, a, b] = p["relative_bias"][(kk - i + 2) * 3 + (ll - j + 1)]
+    logits = q @ k.transpose(0, 1, 3, 2) / 2.0 + bias
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = (weights @ v).transpose(0, 2, 1, 3).reshape(2, 6, 8) @ p["proj"]["kernel"] + p["proj"]["bias"]
+    got = layer.apply({"params": p}, x)
+    np.testing.assert_allclose(got, out.reshape(2, 3, 2, 8), rtol=1e-5, atol=1e-5)

@@ -17,6 +17,7 @@ from flax import linen as nn
 
 from cnn_jax.models.alexnet import AlexNet
 from cnn_jax.models.botnet import BoTNet
+from cnn_jax.models.coatnet import CoAtNet
 from cnn_jax.models.convnext import VARIANTS as CONVNEXT_VARIANTS, ConvNeXt
 from cnn_jax.models.densenet import DenseNet
 from cnn_jax.models.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS, EfficientNet
@@ -92,6 +93,10 @@ MODELS["densenet121"] = ModelEntry(DenseNet, IMAGENET)
 MODELS["botnet50"] = ModelEntry(BoTNet, IMAGENET)
 MODELS["botnet_cifar"] = ModelEntry(functools.partial(
     BoTNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, stem="cifar"), CIFAR)
+MODELS["coatnet_0"] = ModelEntry(CoAtNet, IMAGENET)
+MODELS["coatnet_cifar"] = ModelEntry(functools.partial(
+    CoAtNet, depths=(1, 1, 2, 1), widths=(32, 64, 128, 256), stem_width=32, stem_strides=1),
+    CIFAR)
 
 
 def _entry(name: str) -> ModelEntry:
@@ -137,4 +142,4 @@ def model_task(name: str) -> str:
 __all__ = ["MODELS", "get_model", "input_shape", "model_options", "model_task", "LeNet5",
            "AlexNet", "VGG", "ResNet", "BasicBlock", "BottleneckBlock", "UNet",
            "SegmentationModel", "MobileNetV2", "MobileNetV3", "EfficientNet", "RegNet",
-           "ConvNeXt", "DenseNet", "BoTNet"]
+           "ConvNeXt", "DenseNet", "BoTNet", "CoAtNet"]
