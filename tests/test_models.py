@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cnn_jax.models import MODELS, get_model, input_shape, model_options
+from cnn_jax.models import MODELS, get_model, input_shape, model_options, model_task
 
 # torchvision's figures (1000 classes); LeNet-5 at 32x32x1 with 10 classes.
 TORCHVISION_PARAMS = {
@@ -57,7 +57,8 @@ def test_output_shape_at_input_size(name):
             lambda v, x: model.apply(v, x, train=train, rngs={"dropout": jax.random.key(1)},
                                      mutable=["batch_stats"] if train else False), variables, x)
         logits = out[0] if train else out
-        assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+        expected = (3, *input_shape(name)[:2], 7) if model_task(name) == "segmentation" else (3, 7)
+        assert logits.shape == expected and logits.dtype == jnp.float32
 
 
 def test_batchnorm_models_have_batch_stats_and_others_do_not():

@@ -32,21 +32,32 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     norm_axis_name: str | None = None  # set by the pmap train step: BatchNorm over all devices
     dtype: Any = jnp.float32
+    out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
         check_nhwc(x, "VGG")
         norm = "batch" if self.batch_norm else "none"
-        conv_index = 0
+        if self.out_strides is not None:
+            valid = [2**i for i in range(1 + sum(v == "M" for v in self.layers))]
+            if not self.out_strides or any(s not in valid for s in self.out_strides):
+                raise ValueError(f"VGG out_strides {tuple(self.out_strides)!r}: valid strides "
+                                 f"are {valid}.")
+        conv_index, stride, features = 0, 1, {}
         for v in self.layers:
             if v == "M":
                 x = max_pool(x, 2)
+                stride *= 2
+                features[stride] = x
             else:
                 conv_index += 1
                 # torchvision keeps the convolution bias even before BatchNorm.
                 x = ConvBlock(v, 3, padding=1, norm=norm, use_bias=True, dtype=self.dtype,
                               norm_axis_name=self.norm_axis_name,
                               name=f"conv{conv_index}")(x, train)
+                features[stride] = x
+        if self.out_strides is not None:
+            return {s: features[s] for s in self.out_strides}
         x = adaptive_avg_pool(x, self.pool_size)
         x = x.reshape(x.shape[0], -1)
         for i in (1, 2):

@@ -1,5 +1,7 @@
 """torchvision weights in and out: ResNet-18/34/50/101/152, VGG-11/13/16/19 (with and without
-BatchNorm) and AlexNet, from the state-dict file a user downloaded, and back.
+BatchNorm), AlexNet, MobileNetV2/V3, EfficientNet-B0..B3, RegNetY-400MF, ConvNeXt,
+DenseNet-121, and the segmentation models FCN / DeepLabV3 with a ResNet-50/101 backbone,
+from the state-dict file a user downloaded, and back.
 
     model, variables, report = import_torchvision("resnet18-f37072fd.pth", "resnet18")
     model, variables, report = import_torchvision("resnet50.safetensors", "resnet50",
@@ -18,7 +20,16 @@ torchvision's key names are the format (`conv1.weight`, `layer1.0.downsample.1.r
   epsilon (1e-5) and momentum (0.1) are PyTorch's already (`cnn_jax.layers.make_norm`).
   `num_batches_tracked` has no counterpart: ignored on import, written as 0 on export.
 
+The modern families name their modules after torchvision's module paths (see
+`cnn_jax/models/blocks.py`), so their keys are the module path joined by dots; only the
+classifier ("head") is renamed, and ConvNeXt's layer scale gets torchvision's (C, 1, 1) shape.
+
 The same names serve the `_cifar` variants (only their stem or head shapes differ).
+Segmentation models (`fcn_resnet50`, `deeplabv3_resnet50`, ...): `backbone.` + the ResNet's
+keys, and `classifier.*` for the head (torchvision's `aux_classifier`, a training-only loss
+head, is not built: its keys in a file are ignored). An ImageNet classifier's state dict (keys without `backbone.`)
+imported into a segmentation model initializes its backbone (`classifier_to_backbone`; its
+`fc.*` is ignored); pass reinit=('classifier',) to keep the head freshly initialized.
 Files: `.safetensors` is read and written with `safetensors` (no PyTorch needed); `.pth`/`.pt`
 needs PyTorch and is read with `torch.load(weights_only=True)`, which refuses anything but
 tensors and plain containers: a pickle is never run.
@@ -39,31 +50,45 @@ from cnn_jax.models import MODELS, get_model, input_shape as model_input_shape
 from cnn_jax.transfer.loading import (LoadReport, Patterns, check_finite, flatten, full_name,
                                       leaf_name, load_error, matcher, unflatten)
 
-FAMILIES = ("resnet", "vgg", "alexnet")
+FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet", "fcn", "deeplabv3",
+            "mobilenet", "efficientnet", "regnet", "convnext", "densenet")
+SEGMENTATION_FAMILIES = ("fcn", "deeplabv3")
+# Families whose module paths are torchvision's keys; the value is the classifier's key.
+DOTTED_HEADS = {"mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3",
+                "efficientnet": "classifier.1", "regnet": "fc", "convnext": "classifier.2",
+                "densenet": "classifier"}
 TORCH_EXTENSIONS = (".pth", ".pt", ".bin")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
 ALEXNET_FEATURES = (0, 3, 6, 8, 10)  # torchvision's indices of AlexNet's five convolutions
 ALEXNET_CLASSIFIER = {"fc1": 1, "fc2": 4, "head": 6}
 VGG_CLASSIFIER = {"fc1": 0, "fc2": 3, "head": 6}
+# cnn_jax's segmentation heads (cnn_jax/models/segmentation.py) -> torchvision's `classifier`.
+SEGMENTATION_HEAD = {
+    ("block", "conv"): "0", ("block", "norm"): "1", ("out",): "4",    # FCNHead
+    ("aspp", "pooling", "conv"): "0.convs.4.1", ("aspp", "pooling", "norm"): "0.convs.4.2",
+    ("aspp", "project", "conv"): "0.project.0", ("aspp", "project", "norm"): "0.project.1",
+}
+DEEPLAB_HEAD = {("block", "conv"): "1", ("block", "norm"): "2", ("out",): "4"}
 LEAVES = {  # (collection, Flax leaf) -> PyTorch parameter or buffer
     ("params", "kernel"): "weight",
     ("params", "scale"): "weight",
     ("params", "bias"): "bias",
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    ("params", "layer_scale"): "layer_scale",
 }
 
 
 class TorchKey(NamedTuple):
     key: str      # torchvision's name
-    layout: str   # 'conv' | 'dense' | 'flatten_dense' | 'vector'
+    layout: str   # 'conv' | 'dense' | 'flatten_dense' | 'vector' | 'layer_scale'
     channels: int = 0  # flatten_dense: channels of the feature map it reads
 
 
 def family(model_name: str) -> str:
     for fam in FAMILIES:
         if model_name.startswith(fam) and model_name in MODELS:
-            return fam
+            return "resnet" if fam in ("resnext", "wide_resnet") else fam  # ResNet's layout
     supported = sorted(n for n in MODELS if n.startswith(FAMILIES))
     raise ValueError(f"No torchvision layout for model {model_name!r}. Supported: "
                      f"{', '.join(supported)}.")
@@ -87,6 +112,22 @@ def _vgg_feature_indices(model_name: str) -> dict[str, int]:
 
 def _module_key(fam: str, module: tuple[str, ...], model_name: str) -> str | None:
     """torchvision's module name for a cnn_jax module path, or None if it has none."""
+    dotted = next((h for prefix, h in DOTTED_HEADS.items() if model_name.startswith(prefix)), None)
+    if dotted:
+        return dotted if module == ("head",) else ".".join(module)
+    if fam in SEGMENTATION_FAMILIES:
+        if module[:1] == ("backbone",):
+            key = _module_key("resnet", module[1:], model_name)
+            return None if key is None else f"backbone.{key}"
+        if module[:1] != ("classifier",):
+            return None
+        head = module[1:]
+        if fam == "deeplabv3" and head in DEEPLAB_HEAD:
+            return f"classifier.{DEEPLAB_HEAD[head]}"
+        branch = re.fullmatch(r"branch(\d+)", head[1]) if len(head) == 3 else None
+        if head[0] == "aspp" and branch:
+            return f"classifier.0.convs.{branch.group(1)}.{0 if head[2] == 'conv' else 1}"
+        return f"classifier.{SEGMENTATION_HEAD[head]}" if head in SEGMENTATION_HEAD else None
     if fam == "resnet":
         if module == ("stem", "conv"):
             return "conv1"
@@ -133,7 +174,9 @@ def torchvision_keys(model_name: str, variables: Mapping[str, Any]) -> dict[tupl
         if module_key is None or suffix is None:
             raise ValueError(f"{full_name(path)} of {model_name!r} has no torchvision "
                              "counterpart (was the model built with other options?).")
-        if len(value.shape) == 4:
+        if path[-1] == "layer_scale":
+            layout, channels = "layer_scale", 0
+        elif len(value.shape) == 4:
             layout, channels = "conv", 0
         elif len(value.shape) == 2 and path[1] == "fc1":
             layout, channels = "flatten_dense", last_conv_channels
@@ -152,6 +195,8 @@ def torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
         return (o, i, h, w)
     if layout in ("dense", "flatten_dense"):
         return (shape[1], shape[0])
+    if layout == "layer_scale":
+        return (shape[0], 1, 1)
     return tuple(shape)
 
 
@@ -164,6 +209,8 @@ def to_flax_layout(array: np.ndarray, tk: TorchKey) -> np.ndarray:
         out, features = array.shape
         c = tk.channels
         return array.reshape(out, c, features // c).transpose(2, 1, 0).reshape(features, out)
+    if tk.layout == "layer_scale":
+        return array.reshape(-1)
     return array
 
 
@@ -176,7 +223,15 @@ def to_torch_layout(array: np.ndarray, tk: TorchKey) -> np.ndarray:
         features, out = array.shape
         c = tk.channels
         return array.reshape(features // c, c, out).transpose(2, 1, 0).reshape(out, features)
+    if tk.layout == "layer_scale":
+        return array.reshape(-1, 1, 1)
     return array
+
+
+def classifier_to_backbone(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A torchvision ResNet classifier's state dict under a segmentation model's names: every
+    key prefixed with `backbone.`, the classifier `fc.*` dropped."""
+    return {f"backbone.{k}": v for k, v in state_dict.items() if not k.startswith("fc.")}
 
 
 def _ignorable(key: str, mapped_modules: set[str]) -> bool:
@@ -201,6 +256,11 @@ def from_torchvision(state_dict: Mapping[str, Any], model_name: str, target: Map
     state_dict = {k: v for k, v in state_dict.items()}
     mapped_modules = {tk.key.rpartition(".")[0] for tk in table.values()}
     report = LoadReport()
+    if (family(model_name) in SEGMENTATION_FAMILIES and "conv1.weight" in state_dict
+            and not any(k.startswith("backbone.") for k in state_dict)):
+        # An ImageNet classifier's weights for the backbone.
+        report.ignored += [k for k in state_dict if k.startswith("fc.")]
+        state_dict = classifier_to_backbone(state_dict)
     missing, mismatched, out = [], [], {}
     for path, tk in table.items():
         value = target_flat[path]
@@ -233,6 +293,8 @@ def from_torchvision(state_dict: Mapping[str, Any], model_name: str, target: Map
             continue
         if _ignorable(key, mapped_modules):
             counters.append(key)
+        elif key.startswith("aux_classifier.") and family(model_name) in SEGMENTATION_FAMILIES:
+            report.ignored.append(key)  # torchvision's auxiliary head (a training-only loss)
         elif key.rpartition(".")[0] in reinit_modules:
             report.ignored.append(key)  # e.g. a buffer of a re-initialized module
         else:
@@ -241,9 +303,14 @@ def from_torchvision(state_dict: Mapping[str, Any], model_name: str, target: Map
     if missing or unexpected or mismatched:
         only_head = all(k.startswith(("fc.", f"classifier.{VGG_CLASSIFIER['head']}."))
                         for k in missing + mismatched) and not unexpected
+        only_seg_head = all(k.startswith("classifier.") for k in missing + mismatched)
         hint = ("These are the classifier's keys: pass reinit=('head',) to keep a freshly "
                 "initialized head (another number of classes, or a file without one)."
-                if only_head else
+                if only_head and family(model_name) not in SEGMENTATION_FAMILIES else
+                "These are the segmentation head's keys: pass reinit=('classifier',) to keep "
+                "a freshly initialized head (a classifier's weights as backbone), or "
+                "reinit=('classifier/out',) for another number of classes."
+                if only_seg_head and not unexpected else
                 f"Is the file a torchvision {model_name} state dict? reinit=('head',) accepts "
                 "a missing or differently-sized classifier.")
         raise load_error(f"the torchvision state dict into {model_name!r}", missing, unexpected,
@@ -265,8 +332,8 @@ def to_torchvision(variables: Mapping[str, Any], model_name: str) -> dict[str, n
 
 
 _ORDER = {name: i for i, name in enumerate(
-    ["features", "conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample",
-     "layer1", "layer2", "layer3", "layer4", "classifier", "fc",
+    ["backbone", "features", "conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample",
+     "layer1", "layer2", "layer3", "layer4", "classifier", "fc", "convs", "project",
      "weight", "bias", "running_mean", "running_var", "num_batches_tracked"])}
 
 
