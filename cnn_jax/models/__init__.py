@@ -74,7 +74,9 @@ MODELS["wide_resnet50_2"] = ModelEntry(functools.partial(
 
 # The modern families, named as torchvision names them; `_cifar` variants keep more resolution.
 MODELS["mobilenet_v2"] = ModelEntry(MobileNetV2, IMAGENET)
-MODELS["mobilenet_v2_cifar"] = ModelEntry(functools.partial(MobileNetV2, stem_strides=1), CIFAR)
+# The CIFAR variant of kuangliu/pytorch-cifar: stride 1 in the stem and the second stage.
+MODELS["mobilenet_v2_cifar"] = ModelEntry(functools.partial(
+    MobileNetV2, stem_strides=1, stage_strides=(1, 1, 2, 2, 1, 2, 1)), CIFAR)
 MODELS["mobilenet_v3_large"] = ModelEntry(
     functools.partial(MobileNetV3, blocks=V3_LARGE, last_features=1280), IMAGENET)
 MODELS["mobilenet_v3_small"] = ModelEntry(

@@ -78,7 +78,8 @@ class MobileNetV2(nn.Module):
     num_classes: int = 1000
     width_mult: float = 1.0
     dropout_rate: float = 0.2
-    stem_strides: int = 2       # 1 for 32x32 inputs (the `_cifar` variant)
+    stem_strides: int = 2       # 1 for 32x32 inputs (the `_cifar` variant) ...
+    stage_strides: Sequence[int] = tuple(s for *_, s in V2_SETTING)  # ... and (1, 1, 2, 2, 1, 2, 1)
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
     out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
@@ -91,7 +92,7 @@ class MobileNetV2(nn.Module):
                           act="relu6", name="features.0", **common)(x, train)
         stride = self.stem_strides
         features, i = {stride: x}, 1
-        for t, c, n, s in V2_SETTING:
+        for (t, c, n, _), s in zip(V2_SETTING, self.stage_strides):
             for j in range(n):
                 x = InvertedResidualV2(make_divisible(c * self.width_mult), s if j == 0 else 1, t,
                                        name=f"features.{i}", **common)(x, train)
