@@ -365,8 +365,9 @@ def test_resume_false_discards_the_checkpoints_and_starts_over(reference, tmp_pa
     assert [e["epoch"] for e in records(workdir / "metrics.jsonl")] == [1, 2]
 
 
-@pytest.mark.parametrize("key,value,name", [("grad_norm", np.inf, r"grad(ient)? norm became inf"),
-                                            ("param_norm", np.nan, r"param(eter)? norm became nan")])
+@pytest.mark.parametrize("key,value,name", [
+    ("grad_norm", np.inf, r"grad(ient)? norm became inf"),
+    ("param_norm", np.nan, r"param(eter)? norm became nan")])
 def test_divergence_guard_on_the_gradient_and_parameter_norms(tmp_path, monkeypatch, key, value,
                                                               name):
     """A norm that is not finite while the loss still is (injected at step 7) stops the run before
