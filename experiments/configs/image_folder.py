@@ -15,12 +15,13 @@ Command:
         --workdir runs/my_images --config.dataset.root=path/to/images
 
 Result: depends on your images. As checks, on 2 CPU cores shared with other work (load
-average about 18, so an idle machine is several times faster), 30 epochs, 1,438 train /
-359 test images written by `benchmarks/image_folder_cache.py`:
+average about 18: an identical earlier run used 35 s of CPU time in 320 s of wall time, so an
+idle machine is faster), 30 epochs, 1,438 train / 359 test images written by
+`benchmarks/image_folder_cache.py`:
   - `--digit_pngs /tmp/digit_pngs` (the 1,797 digits as grey 32x32 PNGs):
-    97.21% test accuracy (macro-F1 0.972), 275 s wall;
+    97.21% test accuracy (macro-F1 0.972), 356 s wall;
   - `--digit_photos /tmp/digit_photos` (the digits as 96x96 colour JPEGs, in random tints,
-    sizes and places on uneven backgrounds): 71.87% (macro-F1 0.714), 320 s wall.
+    sizes and places on uneven backgrounds): 71.87% (macro-F1 0.714), 302 s wall.
 On the same two sets a quarter-width ResNet-18 (CIFAR stem) at 32 px ran at 17-38 images/s
 (LeNet-5: 300-1,900) and had not learned the digit photos after 13 epochs (12% test).
 """
