@@ -539,6 +539,7 @@ def test_auto_cache_reads_files_when_the_split_is_too_big_for_memory(root, monke
     assert type(test) is image_folder.CachedImageFolderSource
 
 
+@pytest.mark.slow  # a subprocess importing JAX and grain: 10-30 s on 2 shared cores
 def test_cache_benchmark_smoke(tmp_path):
     import subprocess
     import sys
