@@ -22,8 +22,9 @@ idle machine is faster), 30 epochs, 1,438 train / 359 test images written by
     97.21% test accuracy (macro-F1 0.972), 356 s wall;
   - `--digit_photos /tmp/digit_photos` (the digits as 96x96 colour JPEGs, in random tints,
     sizes and places on uneven backgrounds): 71.87% (macro-F1 0.714), 302 s wall.
-On the same two sets a quarter-width ResNet-18 (CIFAR stem) at 32 px ran at 17-38 images/s
-(LeNet-5: 300-1,900) and had not learned the digit photos after 13 epochs (12% test).
+On the same two sets a quarter-width ResNet-18 (CIFAR stem, `width=16`) at 32 px ran at
+8-41 images/s (LeNet-5: 200-1,900): 96.66% on the digit PNGs in 2,307 s wall, and it had not
+learned the digit photos after 13 epochs (12% test), so LeNet-5 is the CPU recipe.
 """
 
 from cnn_jax.config import default_config
