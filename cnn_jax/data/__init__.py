@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | digits | scikit-learn's 8x8 digits, embedded (no download) | image_size |
 | mnist, fashion_mnist, cifar10, cifar100, imagenette, imagenet2012 | TFDS, prepared once with `python -m cnn_jax.data.prepare NAME` | data_dir, image_size |
-| image_folder | `root/<class>/*.{png,jpg,jpeg}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify |
+| image_folder | `root/<class>/**/*.{jpg,png,webp,...}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify, exif_transpose, background, cache, cache_dir |
 | segmentation_folder | `root/images/*` + `root/masks/*.png` (or `root/train/...`, `root/test/...`), per-pixel masks | root, image_size, channels, binary, num_classes, ignore_value, test_fraction, split_seed |
 | membrane | ISBI 2012 EM slices with membrane masks (../shared/data/membrane), slices 24-29 held out | root, image_size, train_repeats |
 | oxford_iiit_pet_seg | TFDS oxford_iiit_pet's trimaps: background/pet, the border ignored | data_dir, image_size |
