@@ -9,7 +9,7 @@ public). Training sees random 128x128 crops of the 512x512 slices, flipped both 
 slice 8 times an epoch; evaluation runs on the six whole 512x512 held-out slices.
 U-Net at width 16 (16-256 channels, 1/16 of the classic layout), BatchNorm, Adam.
 
-Result (6 epochs, 144 steps): on the 6 held-out slices, pixel accuracy 0.9195 (pixel error
+Result: after 6 epochs (144 steps), on the 6 held-out slices, pixel accuracy 0.9195 (pixel error
 0.0805), mean IoU 0.7779 (membrane 0.650, cell 0.905), mean Dice 0.8692, frequency-weighted IoU
 0.8553. Below the 0.94 aimed at: the held-out accuracy was still rising (0.8059, 0.8871, 0.9075,
 0.9180, 0.9193, 0.9195 per epoch); a 12-epoch run (--config.num_epochs=12) was started but did
