@@ -149,12 +149,12 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     workdir, _ = run
     digit_pngs(str(tmp_path / "images"), count=2)
     (tmp_path / "bad" / "cat").mkdir(parents=True)
-    task = tmp_path / "segmentation"
+    task = tmp_path / "detection"
     os.makedirs(task)
     with open(os.path.join(workdir, "config.json")) as f:
         config = json.load(f)
     with open(task / "config.json", "w") as f:
-        json.dump({**config, "task": "segmentation"}, f)
+        json.dump({**config, "task": "detection"}, f)
     os.symlink(os.path.join(workdir, "checkpoints"), task / "checkpoints")
     cases = [(evaluate.main, [workdir, "--checkpoint", "7"], "no checkpoint at step 7"),
              (evaluate.main, [workdir, "--checkpoint", "newest"], "latest, best"),
@@ -163,7 +163,7 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
              (evaluate.main, [str(tmp_path)], "config.json not found"),
              (predict.main, [workdir, str(tmp_path / "none")], "does not exist"),
              (predict.main, [workdir, str(tmp_path / "bad")], "No images"),
-             (predict.main, [str(task), str(tmp_path / "images")], "task 'segmentation'")]
+             (predict.main, [str(task), str(tmp_path / "images")], "task 'detection'")]
     damaged = tmp_path / "damaged"
     shutil.copytree(workdir, damaged)
     for path in (damaged / "checkpoints" / "2" / "state").rglob("*"):
