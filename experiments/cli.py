@@ -82,8 +82,8 @@ def load_variables_file(path: str) -> Any:
     """The variables in a msgpack file of `flax.serialization.msgpack_serialize`."""
     from flax import serialization
     if os.path.isdir(path):
-        raise UserError(f"--variables {path} is a directory; give a .msgpack file of "
-                        "flax.serialization.msgpack_serialize({'params': ..., 'batch_stats': ...}).")
+        raise UserError(f"--variables {path} is a directory; give a .msgpack file of flax."
+                        "serialization.msgpack_serialize({'params': ..., 'batch_stats': ...}).")
     with open(path, "rb") as f:
         data = f.read()
     if not data:
