@@ -127,8 +127,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for section, registry in (("model", MODELS), ("dataset", DATASETS)):
         name = config[section].get("name")
         if name not in registry:
-            raise UserError(f"Unknown config.{section}.name {name!r}. Valid choices: "
-                            f"{', '.join(sorted(registry))}.")
+            raise UserError(f"Unknown {section} {name!r}. Valid choices: "
+                            f"{', '.join(sorted(registry))}. Set config.{section}.name to one.")
     if "num_classes" in config.model:
         raise UserError(f"config.model.num_classes cannot be set: the number of classes comes "
                         f"from the dataset (config.dataset.name={config.dataset.name!r}). Remove "
