@@ -468,8 +468,9 @@ def test_launcher_sigterm_stops_every_worker_with_a_checkpoint_and_leaves_no_pro
     workdir = tmp_path / "run"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "experiments.launch_local", "--num_processes", "2",
-         "--devices_per_process", "1", "--", "--config.parallel=mesh",
-         "--config", "experiments/configs/lenet5_digits.py", "--workdir", str(workdir),
+         "--devices_per_process", "1", "--",
+         "--config", "experiments/configs/lenet5_digits.py", "--config.parallel=mesh",
+         "--workdir", str(workdir),
          "--config.num_epochs=1000", "--config.checkpoint.every_steps=5",
          "--config.log_every_steps=5"],  # a run far too long to end by itself
         cwd=ROOT, env={**ENV, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
