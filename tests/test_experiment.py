@@ -33,7 +33,8 @@ def test_launcher_trains_and_writes_metrics(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["step"] == 2 * (1437 // 32)
     assert records[-1]["test_num_examples"] == 360
-    assert records[-1]["test_accuracy"] > 0.5  # two epochs already learn the digits
+    # Two epochs already learn the digits: 93.9% measured (the full config's 10 epochs: 98.6%).
+    assert records[-1]["test_accuracy"] >= 0.90
     config = json.load(open(workdir / "config.json"))
     assert config["num_epochs"] == 2 and config["model"]["name"] == "lenet5"
     final = json.load(open(workdir / "final_metrics.json"))
