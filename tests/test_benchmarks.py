@@ -45,7 +45,8 @@ def test_smoke_run_writes_the_table_and_json(tmp_path):
             achieved = r["jax"]["flops_per_step"] * r[fw]["images_per_s"] / r["batch_size"]
             assert r[fw]["flops_per_s"] == pytest.approx(achieved)
             assert r[fw]["fraction_of_matmul_peak"] == pytest.approx(achieved / peaks[fw])
-            assert 0 < r[fw]["fraction_of_matmul_peak"] < 1
+            assert r[fw]["fraction_of_matmul_peak"] > 0  # (may pass 1 on a busy machine:
+            # the peak and the step are timed at different moments)
         assert 0 < r["jax"]["compile_s"] < 300
         memory = r["jax"]["memory_bytes"]
         assert memory["peak"] == (memory["argument"] + memory["output"] - memory["alias"]
