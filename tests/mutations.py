@@ -152,8 +152,8 @@ def main() -> int:
             if not failed:
                 survivors.append(m.name)
             lines.append(f"| {m.name} | {m.file} | {caught} | {seconds:.0f} s |")
-            print(f"{m.name}: {'caught by ' + str(len(failed)) + ' test(s)' if failed else 'NOT CAUGHT'}"
-                  f" ({seconds:.0f} s; {tail.strip()})", flush=True)
+            print(f"{m.name}: {'caught by ' + ', '.join(failed) if failed else 'NOT CAUGHT'}"
+                  f" ({seconds:.0f} s; {' / '.join(tail.split(chr(10))).strip(' /')})", flush=True)
             shutil.rmtree(repo)
     print("\n".join(lines))
     if survivors:

@@ -9,10 +9,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from cnn_jax.models import get_model, input_shape
-from conftest import require
+from conftest import IN_CI, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("lenet5", "resnet18_cifar", "vgg11_cifar")
@@ -30,14 +31,30 @@ def test_smoke_run_writes_the_table_and_json(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
 
+    assert HAS_TORCH or not IN_CI, "CI must have PyTorch for the benchmark's PyTorch side"
     report = json.load(open(tmp_path / "train_step.json"))
     assert list(report["models"]) == list(MODELS)
     assert report["machine"]["cpu_cores"] > 0 and report["machine"]["jax"] == jax.__version__
+    settings, peaks = report["settings"], report["matmul_peak_flops"]
     for name, r in report["models"].items():
-        assert r["jax"]["images_per_s"] > 0 and r["jax"]["compile_s"] > 0
-        assert r["jax"]["memory_bytes"]["peak"] > 0 and 0 < r["jax"]["fraction_of_matmul_peak"]
+        # Each figure is what it says it is, recomputed from the parts the report also keeps.
+        for fw in ("jax", "torch") if HAS_TORCH else ("jax",):
+            rates = r[fw]["rep_images_per_s"]
+            assert len(rates) == settings["reps"] == r["reps"] and min(rates) > 0
+            assert r[fw]["images_per_s"] == pytest.approx(float(np.median(rates)))
+            achieved = r["jax"]["flops_per_step"] * r[fw]["images_per_s"] / r["batch_size"]
+            assert r[fw]["flops_per_s"] == pytest.approx(achieved)
+            assert r[fw]["fraction_of_matmul_peak"] == pytest.approx(achieved / peaks[fw])
+            assert r[fw]["fraction_of_matmul_peak"] > 0  # (may pass 1 on a busy machine:
+            # the peak and the step are timed at different moments)
+        assert 0 < r["jax"]["compile_s"] < 300
+        memory = r["jax"]["memory_bytes"]
+        assert memory["peak"] == (memory["argument"] + memory["output"] - memory["alias"]
+                                  + memory["temp"])
+        # The step's arguments hold at least the float32 parameters and SGD's momentum.
+        assert memory["argument"] >= 2 * 4 * r["params"]
         if HAS_TORCH:
-            assert r["torch"]["images_per_s"] > 0 and r["torch"]["params"] == r["params"]
+            assert r["torch"]["params"] == r["params"]
         else:
             assert r["torch"] is None
 

@@ -34,7 +34,9 @@ def test_launcher_trains_and_writes_metrics(tmp_path):
     assert records[-1]["step"] == 2 * (1292 // 32)  # 1,437 less 145 carved for validation
     assert records[-1]["val_num_examples"] == 145 and records[-1]["test_num_examples"] == 360
     assert "test_accuracy" not in records[0]  # the test split at the end only
-    assert records[-1]["test_accuracy"] > 0.5  # two epochs already learn the digits
+    # Two epochs already learn the digits (93.9% measured when all 1,437 trained; the full
+    # config's 20 epochs: 98.6%).
+    assert records[-1]["test_accuracy"] >= 0.85
     config = json.load(open(workdir / "config.json"))
     assert config["num_epochs"] == 2 and config["model"]["name"] == "lenet5"
     final = json.load(open(workdir / "final_metrics.json"))

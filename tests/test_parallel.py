@@ -157,7 +157,9 @@ def test_experiment_in_mesh_mode_equals_one_device(tmp_path):
     assert runs["mesh"]["test_accuracy"] == runs["none"]["test_accuracy"]
     assert runs["mesh"]["test_loss"] == pytest.approx(runs["none"]["test_loss"], rel=1e-4)
     # pmap draws augmentations per device, so its run differs in its random crops only.
-    assert runs["pmap"]["test_accuracy"] > 0.5 and runs["pmap"]["test_num_examples"] == 360
+    # (One epoch on one device: 81.7% measured; other random crops move it by a few points.)
+    assert abs(runs["pmap"]["test_accuracy"] - runs["none"]["test_accuracy"]) <= 0.10
+    assert runs["pmap"]["test_num_examples"] == 360
 
 
 def test_launch_local_runs_two_processes_and_one_writes(tmp_path):
@@ -170,7 +172,9 @@ def test_launch_local_runs_two_processes_and_one_writes(tmp_path):
     records = read_records(workdir)
     assert len(records) == 1 and records[0]["test_num_examples"] == 360
     assert records[0]["step"] == 1292 // 2 // 16  # each reads half of train less validation
-    assert records[0]["test_accuracy"] > 0.5
+    # The same 40 steps of 32 as one process (81.7% measured there with 44 steps), in other
+    # batches.
+    assert records[0]["test_accuracy"] >= 0.6
 
 
 @pytest.mark.parametrize("override,devices,match", [

@@ -572,7 +572,7 @@ def test_features_command_writes_features_and_probes(pretrained_run, tmp_path, c
         assert saved["train_features"].shape == (len(get_dataset("subset", "train", base="digits",
                                                                   classes="0-4")), 120)
         assert saved["test_labels"].max() == 4 and str(saved["layer"]) == "C5"
-    assert result["probe_test_accuracy"] > 0.5
+    assert result["probe_test_accuracy"] >= 0.95  # measured: 98.3% on the 0-4 test digits
     assert "linear probe: train accuracy" in capsys.readouterr().out
     features.main(["--workdir", workdir, "--list_layers"])
     assert capsys.readouterr().out.split() == ["penultimate", "C1", "C1/conv", "C3", "C3/conv",
