@@ -124,6 +124,7 @@ TABLE = {
     "random_crop(size=(20, 10), padding=2)": (N, 20, 10, C),
     "hflip": (N, H, W, C),
     "hflip(p=0.3)": (N, H, W, C),
+    "vflip(p=0.3)": (N, H, W, C),
     "random_resized_crop(8)": (N, 8, 8, C),
     "random_resized_crop(16, scale=(0.5, 1.0), ratio=(0.5, 2.0))": (N, 16, 16, C),
     "normalize": (N, H, W, C),
@@ -141,7 +142,7 @@ def _name(spec):
 
 def test_table_covers_every_transform():
     assert {_name(s) for s in TABLE} == set(TRANSFORMS)
-    assert RANDOM == {"random_crop", "hflip", "random_resized_crop", "mixup", "cutmix"}
+    assert RANDOM == {"random_crop", "hflip", "vflip", "random_resized_crop", "mixup", "cutmix"}
 
 
 @pytest.mark.parametrize("spec", list(TABLE))
