@@ -32,11 +32,23 @@ SMALL_SETTINGS = {
 }
 
 
+# Notebooks whose settings come from environment variables instead of a `parameters` cell.
+SMALL_ENV = {
+    "05_segmentation.ipynb": {"NB05_NUM_STEPS": "4", "NB05_WIDTH": "4", "NB05_CROP": "64"},
+}
+
+# Notebook file name -> text its outputs must contain (what its prose says it prints).
+EXPECTED_TEXT = {
+    "05_segmentation.ipynb": ["held-out pixel accuracy", "mean IoU",
+                              "'mixup' in 'mixup' cannot be used here"],
+}
+
 # Notebook file name -> the figures it shows (PNG outputs of its cells, in order).
 FIGURES = {
     "01_building_blocks.ipynb": 11,
     "03_transfer_learning.ipynb": 3,
     "04_explainability.ipynb": 6,
+    "05_segmentation.ipynb": FIGS05,
 }
 
 
@@ -77,6 +89,8 @@ def test_notebook_runs(path, monkeypatch):
     # The kernel inherits this process's environment, JAX_PLATFORMS=cpu (conftest.py) included,
     # but not a non-interactive MPLBACKEND: figures go through the inline backend, as in Jupyter.
     monkeypatch.delenv("MPLBACKEND", raising=False)
+    for key, value in SMALL_ENV.get(path.name, {}).items():
+        monkeypatch.setenv(key, value)
     client = NotebookClient(nb, kernel_name="python3", timeout=600,
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()  # raises CellExecutionError, with the failing cell, on any error
@@ -84,6 +98,10 @@ def test_notebook_runs(path, monkeypatch):
     pngs = [output["data"]["image/png"] for cell in nb.cells if cell.cell_type == "code"
             for output in cell.get("outputs", []) if "image/png" in output.get("data", {})]
     assert len(pngs) == FIGURES[path.name], f"{path.name}: {len(pngs)} figures rendered"
+    text = "".join(output.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for output in cell.get("outputs", []))
+    for words in EXPECTED_TEXT.get(path.name, []):
+        assert words in text, f"{path.name}: its outputs do not say {words!r}"
     for png in pngs:
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("L"), float)
         assert min(pixels.shape) > 100 and pixels.std() > 10  # a drawn figure, not a blank one
