@@ -284,3 +284,40 @@ def test_imagenet_classifier_initializes_the_segmentation_backbone():
     # Without reinit the missing head is an error that says what to do.
     with pytest.raises(ValueError, match=r"reinit=\('classifier',\)"):
         import_torchvision(state, "fcn_resnet50", num_classes=3, input_shape=(64, 64, 3))
+
+
+def test_unet_equals_its_pytorch_twin():
+    """benchmarks/torch_models.py's U-Net (written from the paper, independently) with
+    cnn_jax's weights computes the same logits: the layout, the skip order and the
+    up-convolution agree; the parameters agree tensor by tensor."""
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_models
+
+    model = get_model("unet", num_classes=3, width=4, depth=2)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype(np.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.asarray(x))
+    params = jax.tree.map(np.asarray, variables["params"])
+    twin = torch_models.build("unet", num_classes=3, width=4, depth=2).eval()
+    modules = {"down.0": "down1", "down.1": "down2", "bottom": "bottom", "up_convs.0": "up2",
+               "up_convs.1": "up1"}
+    state = {}
+    for prefix, name in modules.items():
+        for index, conv in (("0", "conv1"), ("2", "conv2")):
+            p = params[f"{name}_{conv}"]["conv"]
+            state[f"{prefix}.{index}.weight"] = p["kernel"].transpose(3, 2, 0, 1)
+            state[f"{prefix}.{index}.bias"] = p["bias"]
+    for j, name in enumerate(("up2", "up1")):  # ConvTranspose2d weight: (in, out, kh, kw)
+        state[f"up.{j}.weight"] = params[name]["kernel"].transpose(2, 3, 0, 1)
+        state[f"up.{j}.bias"] = params[name]["bias"]
+    state["head.weight"] = params["head"]["conv"]["kernel"].transpose(3, 2, 0, 1)
+    state["head.bias"] = params["head"]["conv"]["bias"]
+    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+                         strict=True)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(jax.jit(model.apply)(variables, jnp.asarray(x)), expected,
+                               rtol=1e-4, atol=1e-5)
+    # The benchmark's sizes: the same parameter count.
+    big = abstract_variables(get_model("unet", num_classes=10, width=16), (128, 128, 1))
+    assert count(big["params"]) == sum(
+        p.numel() for p in torch_models.build("unet", num_classes=10, width=16).parameters())
