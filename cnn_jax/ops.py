@@ -17,10 +17,10 @@ options the steps use. The operations compute exactly what the plain forms compu
   kernels vectorize over input channels and have one here (LeNet-5 step 13.6 -> 11.4 ms).
   Every other convolution goes to `lax.conv_general_dilated` unchanged.
 - `conv_transpose`: PyTorch's ConvTranspose2d. XLA's CPU transposed convolution (a
-  convolution of the zero-dilated input) has a very slow gradient (jax issue 23783; U-Net's
-  2x2 up-convolutions, width 16, batch 16: 1.2-2.3 s per gradient against 0.08-0.4 s here,
-  benchmarks/results/conv_transpose.md); with non-overlapping windows (kernel == strides,
-  U-Net's case) it is one matmul for all output phases and a depth-to-space reshape.
+  convolution of the zero-dilated input) has a very slow gradient (jax issue 23783;
+  benchmarks/results/conv_transpose.md). With non-overlapping windows (kernel == strides,
+  U-Net's 2x2 up-convolutions) it is here one matmul for all output phases and a
+  depth-to-space reshape (tests/test_segmentation_models.py compares the two).
 - `compiler_options()`: XLA options for jitting a train or eval step. On CPU they turn off
   XLA's YNNPACK fusions, so that convolutions and matmuls run on XLA's own (Eigen) kernels:
   YNNPACK's weight-gradient convolutions ran 2-4x slower than Eigen's here (train steps on 2
