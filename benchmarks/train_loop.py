@@ -108,6 +108,7 @@ def run_case(name: str, args) -> dict:
     config.num_epochs = 1
     config.log_every_steps = args.log_every
     config.eval_batch_size = args.batch_size
+    config.validation_fraction = 0.0  # train on all `steps` batches
     with tfds.testing.mock_data(num_examples=args.steps * args.batch_size):
         bare_before = bare_step_rate(config, args.bare_steps)
         with tempfile.TemporaryDirectory() as workdir:

@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+from cnn_jax.errors import UserError
+
 
 def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -31,13 +33,25 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval_transforms = ""
     config.input_threads = 2      # host threads reading and decoding ahead of the step
 
+    # Model selection (README "Model selection"): per-epoch metrics on a validation split, the
+    # dataset's own where it has one, else this fraction of train (stratified, drawn with
+    # validation_seed, not the run's seed); 0 and no own split: nothing is selected.
+    config.validation_fraction = 0.1
+    config.validation_seed = 0
+    config.eval_test_every_epoch = False  # the test split is evaluated at the end only
+    config.early_stopping = ml_collections.ConfigDict({
+        "metric": "val_accuracy",  # a val_* or train_* metric (lower is better for *_loss)
+        "patience": 0,            # stop after this many epochs without improvement (0: off)
+        "min_delta": 0.0,         # an improvement must exceed this
+    })
+
     # Lifecycle (README "Runs: checkpoints, logs, reports, sweeps").
     config.resume = True          # continue from the workdir's latest checkpoint, if any
     config.log_every_steps = 50   # train scalars to steps.jsonl/TensorBoard every this many steps
     config.checkpoint = ml_collections.ConfigDict({
         "every_steps": 0,         # also save every this many steps (0: only at epoch ends)
         "keep": 3,                # the latest `keep` checkpoints are kept ...
-        "best_metric": "test_accuracy",  # ... and the best by this epoch metric ("" for none)
+        "best_metric": "val_accuracy",  # ... and the best by this val_*/train_* metric ("": none)
         "best_mode": "max",       # max | min
     })
 
@@ -89,12 +103,72 @@ def default_config() -> ml_collections.ConfigDict:
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """`get_config()` of an experiment config file."""
+    if os.path.isdir(path) or not os.path.exists(path):
+        raise UserError(f"No config file {path!r}" + (" (it is a directory)" if os.path.isdir(path)
+                                                      else "") + ": give a Python file defining "
+                        "get_config(), e.g. experiments/configs/lenet5_digits.py.")
     spec = importlib.util.spec_from_file_location("experiment_config", path)
-    if spec is None or not os.path.exists(path):
-        raise FileNotFoundError(f"No config file {path!r}.")
+    if spec is None:
+        raise UserError(f"Config file {path!r} is not a Python file (.py) defining get_config().")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"Config file {path!r}, line {e.lineno}: {e.msg}.") from e
+    if not callable(getattr(module, "get_config", None)):
+        raise UserError(f"Config file {path!r} defines no get_config(): a config file is a Python "
+                        "file whose get_config() returns the ConfigDict (see "
+                        "experiments/configs/lenet5_digits.py).")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"get_config() of {path!r} returned a {type(config).__name__}, not an "
+                        "ml_collections.ConfigDict.")
+    return config
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises UserError, naming the key and what is valid, for a value training cannot use:
+    run before anything is built."""
+    from cnn_jax.data import DATASETS, dataset_options
+    from cnn_jax.models import MODELS, model_options
+
+    for section, registry in (("model", MODELS), ("dataset", DATASETS)):
+        name = config[section].get("name")
+        if name not in registry:
+            raise UserError(f"Unknown config.{section}.name {name!r}. Valid choices: "
+                            f"{', '.join(sorted(registry))}.")
+    if "num_classes" in config.model:
+        raise UserError(f"config.model.num_classes cannot be set: the number of classes comes "
+                        f"from the dataset (config.dataset.name={config.dataset.name!r}). Remove "
+                        "it from the config.")
+    for section, valid in (("model", model_options(config.model.name) + ["dtype"]),
+                           ("dataset", dataset_options(config.dataset.name))):
+        unknown = sorted(set(config[section]) - set(valid) - {"name"})
+        if unknown:
+            raise UserError(f"Unknown option(s) {', '.join(f'config.{section}.{k}' for k in unknown)}"
+                            f" for {section} {config[section].name!r}. Valid options: "
+                            f"{', '.join(sorted(set(valid))) or 'none'}.")
+    threads = config.get("input_threads", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise UserError(f"config.input_threads must be an integer >= 0 (0 reads in the training "
+                        f"thread), got {threads!r}.")
+    schedule = config.schedule
+    boundaries = schedule.get("boundaries", ())
+    if (not isinstance(boundaries, (tuple, list))
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in boundaries)):
+        raise UserError(f"config.schedule.boundaries must be a tuple of fractions of training in "
+                        f"(0, 1), e.g. (0.5, 0.75); got {boundaries!r}.")
+    if not all(0 < b < 1 for b in boundaries) or list(boundaries) != sorted(set(boundaries)):
+        raise UserError(f"config.schedule.boundaries must be increasing fractions of training in "
+                        f"(0, 1), e.g. (0.5, 0.75); got {tuple(boundaries)}.")
+    for key, low, high in (("decay_factor", 0, 1), ("end_factor", 0, 1), ("pct_start", 0, 1)):
+        value = schedule.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise UserError(f"config.schedule.{key} must be a number in [{low}, {high}] (a fraction "
+                            f"of the peak learning rate), got {value!r}.")
+    warmup = schedule.get("warmup_epochs", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or warmup < 0:
+        raise UserError(f"config.schedule.warmup_epochs must be a number >= 0, got {warmup!r}.")
 
 
 def parse_value(text: str, like):

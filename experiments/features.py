@@ -74,4 +74,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from cnn_jax.errors import run_main
+    sys.exit(run_main(main))

@@ -2,9 +2,12 @@
 
     python -m experiments.report runs/lenet5_digits
 
-writes `report/`: loss.png and accuracy.png (train and test per epoch, with the train loss
-per logged step), learning_rate.png, confusion_matrix.png, and summary.md (final and best
-metrics, per-class precision/recall/F1, the config, wall time and hardware).
+writes `report/`: loss.png and accuracy.png (train and validation per epoch, test where it was
+evaluated, over the train loss per logged step; accuracy in %), learning_rate.png,
+confusion_matrix.png (test, last checkpoint), and summary.md (last and best validation
+metrics, the checkpoint selected on validation, the test split on the last and the best
+checkpoint, per-class precision/recall/F1, the config, wall time and hardware). An unfinished
+run (stopped or still running) gets the plots and a summary that says it is unfinished.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from cnn_jax.train.selection import best_record  # noqa: E402
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -41,15 +46,20 @@ def _save(fig, path: str) -> str:
 
 
 def plot_curves(epochs: list[dict], steps: list[dict], key: str, ylabel: str, path: str) -> str:
-    """Train and test `key` ('loss' or 'accuracy') per epoch, over the logged train steps."""
+    """Train, validation and test `key` ('loss' or 'accuracy') per epoch (test only where it was
+    evaluated: the last epoch, or every epoch if asked), over the logged train steps; accuracy
+    in %."""
+    scale = 100.0 if key == "accuracy" else 1.0
     fig, ax = plt.subplots(figsize=(6.4, 4))
     if steps:
-        ax.plot([s["step"] for s in steps], [s[key] for s in steps], color="0.75", lw=1,
+        ax.plot([s["step"] for s in steps], [scale * s[key] for s in steps], color="0.75", lw=1,
                 label=f"train {key} (logged steps)")
-    for split, style in (("train", "o-"), ("test", "s-")):
-        if epochs and f"{split}_{key}" in epochs[0]:
-            ax.plot([e["step"] for e in epochs], [e[f"{split}_{key}"] for e in epochs], style,
-                    label=f"{split} {key} (epoch)")
+    for split, style, name in (("train", "o-", "train"), ("val", "s-", "validation"),
+                               ("test", "D-", "test")):
+        points = [(e["step"], scale * e[f"{split}_{key}"]) for e in epochs if f"{split}_{key}" in e]
+        if points:
+            when = "end of training" if split == "test" and len(points) == 1 else "epoch"
+            ax.plot(*zip(*points), style, label=f"{name} {key} ({when})")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     if key == "loss" and all(s[key] > 0 for s in steps):
@@ -85,31 +95,71 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str
     return _save(fig, path)
 
 
-def summary_markdown(workdir: str, config: dict, epochs: list[dict], final: dict,
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.2%}"
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def summary_markdown(workdir: str, config: dict, epochs: list[dict], final: dict | None,
                      environment: dict) -> str:
-    best_key = config["checkpoint"]["best_metric"] or "test_accuracy"
-    higher = config["checkpoint"]["best_mode"] == "max"
-    best = (max if higher else min)(epochs, key=lambda e: e[best_key])
+    """The summary; `final` (final_metrics.json) is None for an unfinished run."""
+    last = epochs[-1]
     sessions = environment.get("sessions", [{}])
     lines = [
         f"# Run report: {os.path.basename(os.path.abspath(workdir))}", "",
         f"{config['model']['name']} on {config['dataset']['name']}, {config['num_epochs']} "
         f"epochs of batch {config['batch_size']}, {config['optimizer']['name']} at learning rate "
         f"{config['optimizer']['learning_rate']} ({config['schedule']['name']} schedule), "
-        f"seed {config['seed']}.", "",
-        "| metric | final | best |", "| --- | --- | --- |",
-        f"| test accuracy | {final['accuracy']:.2%} | {max(e['test_accuracy'] for e in epochs):.2%} |",
-        f"| test loss | {final['loss']:.4f} | {min(e['test_loss'] for e in epochs):.4f} |",
-        f"| test macro-F1 | {final['macro_f1']:.4f} | {max(e['test_macro_f1'] for e in epochs):.4f} |",
-        f"| train loss | {epochs[-1]['train_loss']:.4f} | {min(e['train_loss'] for e in epochs):.4f} |",
-        "", f"Best {best_key}: {best[best_key]:.4g} at epoch {best['epoch']} (step {best['step']}).",
-        "", "## Per class (test)", "", "| class | precision | recall | F1 |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, p, r, f1 in zip(final["class_names"], final["per_class_precision"],
-                              final["per_class_recall"], final["per_class_f1"]):
-        lines.append(f"| {name} | {p:.4f} | {r:.4f} | {f1:.4f} |")
+        f"seed {config['seed']}.", ""]
+    if final is None:
+        lines += [f"**Unfinished run** (stopped, or still running): {len(epochs)} of "
+                  f"{config['num_epochs']} epochs done (step {last['step']}); no "
+                  "final_metrics.json yet, so no test figures unless the run evaluates the test "
+                  "split every epoch. Rerun its training command to resume it.", ""]
+    elif final.get("stopped_early"):
+        lines += [f"Stopped early after epoch {final['epoch']} of {config['num_epochs']} "
+                  f"(config.early_stopping: {config.get('early_stopping')}).", ""]
+    lines += ["| metric | last epoch | best over the epochs |", "| --- | --- | --- |"]
+    for key, name, fmt, higher in (("val_accuracy", "validation accuracy", _pct, True),
+                                   ("val_loss", "validation loss", _num, False),
+                                   ("val_macro_f1", "validation macro-F1", _num, True),
+                                   ("train_accuracy", "train accuracy", _pct, True),
+                                   ("train_loss", "train loss", _num, False)):
+        values = [e[key] for e in epochs if key in e]
+        if values:
+            lines.append(f"| {name} | {fmt(last.get(key))} | "
+                         f"{fmt(max(values) if higher else min(values))} |")
+    best_key = config["checkpoint"].get("best_metric", "")
+    best = best_record(epochs, best_key, config["checkpoint"].get("best_mode", "max"))
+    if best_key and best:
+        value = (_pct if best_key.endswith("accuracy") else _num)(best[best_key])
+        lines += ["", f"Best checkpoint, selected on {best_key}: {value} at epoch "
+                      f"{best['epoch']} (step {best['step']}; the latest of ties)."]
+    else:
+        lines += ["", "No checkpoint was selected on held-out data (no validation split, or "
+                      "config.checkpoint.best_metric is empty)."]
+    if final is not None:
+        lines += ["", "## Test split", "", "| checkpoint | epoch | test accuracy | test loss | "
+                  "test macro-F1 |", "| --- | --- | --- | --- | --- |",
+                  f"| last | {final['epoch']} | {final['accuracy']:.2%} | {final['loss']:.4f} | "
+                  f"{final['macro_f1']:.4f} |"]
+        best = final.get("best")
+        if best and "accuracy" in best:
+            lines.append(f"| best by {best['selected_by']} | {best['epoch']} | "
+                         f"{best['accuracy']:.2%} | {best['loss']:.4f} | {best['macro_f1']:.4f} |")
+        lines += ["", "## Per class (test, last checkpoint)", "",
+                  "| class | precision | recall | F1 |", "| --- | --- | --- | --- |"]
+        for name, p, r, f1 in zip(final["class_names"], final["per_class_precision"],
+                                  final["per_class_recall"], final["per_class_f1"]):
+            lines.append(f"| {name} | {p:.4f} | {r:.4f} | {f1:.4f} |")
+    elif "test_accuracy" in last:
+        lines += ["", f"Test accuracy at epoch {last['epoch']}: {last['test_accuracy']:.2%}."]
     train_seconds = sum(e["epoch_seconds"] for e in epochs)
+    plots = "loss.png, accuracy.png, learning_rate.png" + (", confusion_matrix.png" if final
+                                                           else "")
     lines += [
         "", "## Time and hardware", "",
         f"- {train_seconds:.1f} s of training and evaluation over {len(epochs)} epochs, in "
@@ -119,7 +169,7 @@ def summary_markdown(workdir: str, config: dict, epochs: list[dict], final: dict
         f"- Python {sessions[-1].get('python')}; "
         + ", ".join(f"{k} {v}" for k, v in sessions[-1].get("packages", {}).items()),
         "", "## Config", "", "```json", json.dumps(config, indent=2), "```", "",
-        "Plots: loss.png, accuracy.png, learning_rate.png, confusion_matrix.png.",
+        f"Plots: {plots}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -140,20 +190,20 @@ def write_report(workdir: str) -> list[str]:
     out = os.path.join(workdir, "report")
     os.makedirs(out, exist_ok=True)
     written = [plot_curves(epochs, steps, "loss", "cross-entropy", os.path.join(out, "loss.png")),
-               plot_curves(epochs, steps, "accuracy", "accuracy",
+               plot_curves(epochs, steps, "accuracy", "accuracy (%)",
                            os.path.join(out, "accuracy.png"))]
     if steps:
         written.append(plot_learning_rate(steps, os.path.join(out, "learning_rate.png")))
-    if os.path.exists(final_path):
-        final = read_json(final_path)
+    final = read_json(final_path) if os.path.exists(final_path) else None
+    if final is not None:
         written.append(plot_confusion(final["confusion_matrix"], final["class_names"],
                                       os.path.join(out, "confusion_matrix.png")))
-        env_path = os.path.join(workdir, "environment.json")
-        environment = read_json(env_path) if os.path.exists(env_path) else {}
-        path = os.path.join(out, "summary.md")
-        with open(path, "w") as f:
-            f.write(summary_markdown(workdir, config, epochs, final, environment))
-        written.append(path)
+    env_path = os.path.join(workdir, "environment.json")
+    environment = read_json(env_path) if os.path.exists(env_path) else {}
+    path = os.path.join(out, "summary.md")
+    with open(path, "w") as f:
+        f.write(summary_markdown(workdir, config, epochs, final, environment))
+    written.append(path)
     return written
 
 
@@ -171,4 +221,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnn_jax.errors import run_main
+    sys.exit(run_main(main))

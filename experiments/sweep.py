@@ -14,7 +14,11 @@ Other `--config.<key>=<value>` arguments apply to every trial.
 Trials run one after the other in this process, in `WORKDIR/<trial>/`. Rerunning the same
 command skips finished trials and resumes an interrupted one from its checkpoint. At the end:
 `WORKDIR/sweep.md`, `WORKDIR/sweep.csv` and `WORKDIR/sweep.png` (the chosen metric against each
-swept value).
+swept value, one line per value of the other swept keys).
+
+Trials are ranked on the validation split (`--metric`, default `val_accuracy`, a key of
+metrics.jsonl); `sweep.md` gives the test accuracy of the top-ranked trial only. Ranking on a
+`test_*` metric is test-set leakage and is refused unless `--allow_test_leakage` is given.
 """
 
 from __future__ import annotations
@@ -83,20 +87,62 @@ def trial_name(index: int, values: dict) -> str:
     return f"{index:03d}_" + re.sub(r"[^\w.=+-]", "-", text)
 
 
+def check_metric(metric: str, allow_test_leakage: bool) -> None:
+    from cnn_jax.train.selection import EPOCH_METRICS
+    if metric not in EPOCH_METRICS:
+        raise ValueError(f"--metric {metric!r} is not an epoch metric; valid: "
+                         f"{', '.join(EPOCH_METRICS)}.")
+    if metric.startswith("test_") and not allow_test_leakage:
+        raise ValueError(f"--metric {metric!r} ranks the trials on the test split (test-set "
+                         f"leakage); rank on {metric.replace('test_', 'val_', 1)!r}, or pass "
+                         "--allow_test_leakage if you mean it.")
+
+
+def plot_lines(ax, rows: list[dict], key: str, others: list[str], metric: str) -> None:
+    """`metric` against `key`, one line per combination of the `others`' values."""
+    xs = [row[key] for row in rows]
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+    labels = sorted(set(map(str, xs)))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in others), []).append(row)
+    for values, group in sorted(groups.items(), key=lambda item: str(item[0])):
+        group = sorted(group, key=lambda r: r[key] if numeric else str(r[key]))
+        positions = [r[key] if numeric else labels.index(str(r[key])) for r in group]
+        name = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else
+                         f"{k.split('.')[-1]}={v}" for k, v in zip(others, values))
+        ax.plot(positions, [r[metric] for r in group], "o-", label=name or None)
+    if numeric and min(xs) > 0 and max(xs) / min(xs) > 10:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(labels)), labels)
+    if others:
+        ax.legend(fontsize=7)
+
+
 def write_results(workdir: str, rows: list[dict], keys: list[str], metric: str,
                   higher_is_better: bool) -> list[str]:
     columns = ["trial", *keys, metric, "best_" + metric, "train_loss", "wall_seconds"]
     csv_path = os.path.join(workdir, "sweep.csv")
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")  # test: top trial only
         writer.writeheader()
         writer.writerows(rows)
     order = sorted(rows, key=lambda r: r[metric], reverse=higher_is_better)
-    md = [f"# Sweep: {len(rows)} trials, sorted by {metric}", "",
+    md = [f"# Sweep: {len(rows)} trials, sorted by {metric} (last epoch)", "",
           "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    def cell(column, value):
+        if isinstance(value, float):
+            return f"{value:.2%}" if column.endswith("accuracy") else f"{value:.4g}"
+        return str(value)
+
     for row in order:
-        md.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                                    for c in columns) + " |")
+        md.append("| " + " | ".join(cell(c, row[c]) for c in columns) + " |")
+    top = order[0]
+    if top.get("test_accuracy") is not None:
+        md += ["", f"Selected on {metric}: {top['trial']}; its test accuracy (last checkpoint): "
+                   f"{top['test_accuracy']:.2%}. The other trials' test figures are not shown: "
+                   "choosing among them by test accuracy would leak the test split."]
     md_path = os.path.join(workdir, "sweep.md")
     with open(md_path, "w") as f:
         f.write("\n".join(md) + "\n")
@@ -106,14 +152,7 @@ def write_results(workdir: str, rows: list[dict], keys: list[str], metric: str,
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        xs = [row[key] for row in rows]
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-        positions = xs if numeric else [sorted(set(map(str, xs))).index(str(x)) for x in xs]
-        ax.scatter(positions, [row[metric] for row in rows])
-        if numeric and min(xs) > 0 and max(xs) / min(xs) > 10:
-            ax.set_xscale("log")
-        if not numeric:
-            ax.set_xticks(range(len(set(map(str, xs)))), sorted(set(map(str, xs))))
+        plot_lines(ax, rows, key, [k for k in keys if k != key], metric)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -134,9 +173,11 @@ def main(argv=None) -> int:
                         help="key=v1,v2,... (or a range with --random); repeat per key")
     parser.add_argument("--random", type=int, default=0, help="draw N random trials")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
-    parser.add_argument("--metric", default="test_accuracy",
-                        help="final-epoch metric to compare (a key of metrics.jsonl)")
+    parser.add_argument("--metric", default="val_accuracy",
+                        help="last-epoch metric to rank on (a key of metrics.jsonl: val_*)")
     parser.add_argument("--mode", choices=("max", "min"), default="max")
+    parser.add_argument("--allow_test_leakage", action="store_true",
+                        help="allow ranking on a test_* metric (test-set leakage)")
     args, rest = parser.parse_known_args(argv)
     from cnn_jax.train import train_and_evaluate  # after parsing: --help needs no JAX
 
@@ -149,6 +190,7 @@ def main(argv=None) -> int:
             set_value(base, match.group(1), match.group(2))
         params = [parse_param(p, base) for p in args.param]
         chosen = trials(params, args.random, args.seed)
+        check_metric(args.metric, args.allow_test_leakage)
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
         return 2
@@ -171,18 +213,25 @@ def main(argv=None) -> int:
         with open(os.path.join(trial_dir, "metrics.jsonl")) as f:
             epochs = [json.loads(line) for line in f if line.strip()]
         if args.metric not in epochs[-1]:
-            print(f"error: no metric {args.metric!r}; valid: {', '.join(sorted(epochs[-1]))}",
-                  file=sys.stderr)
+            no_val = " (no validation split: config.validation_fraction=0?)" if (
+                args.metric.startswith("val_")) else ""
+            print(f"error: trial {name} has no metric {args.metric!r}{no_val}; valid: "
+                  f"{', '.join(sorted(epochs[-1]))}", file=sys.stderr)
             return 2
         pick = max if args.mode == "max" else min
+        with open(final_path) as f:
+            test_accuracy = json.load(f).get("accuracy")
         rows.append({"trial": name, **values, args.metric: epochs[-1][args.metric],
-                     "best_" + args.metric: pick(e[args.metric] for e in epochs),
+                     "best_" + args.metric: pick(e[args.metric] for e in epochs
+                                                 if args.metric in e),
                      "train_loss": epochs[-1]["train_loss"],
-                     "wall_seconds": sum(e["epoch_seconds"] for e in epochs)})
+                     "wall_seconds": sum(e["epoch_seconds"] for e in epochs),
+                     "test_accuracy": test_accuracy})
     for path in write_results(args.workdir, rows, keys, args.metric, args.mode == "max"):
         print(path)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnn_jax.errors import run_main
+    sys.exit(run_main(main))

@@ -11,7 +11,8 @@ Rerunning the same command resumes the run from its workdir's latest checkpoint
 
     python -m experiments.train --config runs/lenet5_digits/config.py --workdir runs/again
 
-SIGTERM or Ctrl-C saves a checkpoint at the next step and exits with status 0 and a message.
+SIGTERM or Ctrl-C saves a checkpoint at the next step and exits with status 0 and a message; a
+second one ends the process at once. A workdir is used by one run at a time (WORKDIR/run.lock).
 """
 
 import os
@@ -22,9 +23,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cnn_jax.config import get_value, load_config_file
+from cnn_jax.errors import run_main
 from cnn_jax.train import train_and_evaluate
 from cnn_jax.train.loop import Preempted
 from cnn_jax.train.parallel import initialize_distributed
+from cnn_jax.train.workdir import WorkdirLocked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.",
                                           lock_config=True)
@@ -65,8 +68,14 @@ def main(argv):
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:  # a checkpoint was saved: a clean exit, not a failure
         print(e, file=sys.stderr, flush=True)
+    except WorkdirLocked as e:
+        sys.exit(str(e))
+
+
+def cli_main():
+    check_override_keys(sys.argv[1:])
+    app.run(main)
 
 
 if __name__ == "__main__":
-    check_override_keys(sys.argv[1:])
-    app.run(main)
+    sys.exit(run_main(cli_main))

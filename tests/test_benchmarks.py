@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from cnn_jax.models import get_model, input_shape
+from conftest import require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("lenet5", "resnet18_cifar", "vgg11_cifar")
@@ -53,8 +54,7 @@ def test_smoke_run_writes_the_table_and_json(tmp_path):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_torch_models_have_cnn_jax_parameters(name):
-    torch = pytest.importorskip("torch", reason="PyTorch is optional (pip install torch); "
-                                                "the benchmark's PyTorch side needs it")
+    torch = require("torch", "the benchmark's PyTorch side")
     from benchmarks import torch_models
 
     for options in ({}, {"width": 16}) if name.startswith("resnet") else ({},):

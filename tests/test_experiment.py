@@ -31,8 +31,9 @@ def test_launcher_trains_and_writes_metrics(tmp_path):
     assert "epoch   2/2" in result.stdout and "test" in result.stdout
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]
-    assert records[-1]["step"] == 2 * (1437 // 32)
-    assert records[-1]["test_num_examples"] == 360
+    assert records[-1]["step"] == 2 * (1292 // 32)  # 1,437 less 145 carved for validation
+    assert records[-1]["val_num_examples"] == 145 and records[-1]["test_num_examples"] == 360
+    assert "test_accuracy" not in records[0]  # the test split at the end only
     assert records[-1]["test_accuracy"] > 0.5  # two epochs already learn the digits
     config = json.load(open(workdir / "config.json"))
     assert config["num_epochs"] == 2 and config["model"]["name"] == "lenet5"
@@ -131,4 +132,6 @@ def test_config_files_build_and_trace_on_mock_data(path, tmp_path):
     new_state, metrics = jax.eval_shape(train_fn, state, batch)
     assert metrics["loss"].shape == () and new_state.step.shape == ()
     counts = jax.eval_shape(eval_fn, state, {**batch, "mask": jax.ShapeDtypeStruct((n,), jnp.float32)})
-    assert counts
+    k = ds.num_classes
+    expected = {"count": (), "loss_sum": (), "confusion": (k, k), **({"top5_correct": ()} if k > 5 else {})}
+    assert {name: c.shape for name, c in counts.items()} == expected

@@ -16,6 +16,7 @@ from cnn_jax.layers import (
     ACTIVATIONS, NORMS, POOLS, ConvBlock, DenseBlock, Pool, adaptive_avg_pool, avg_pool,
     check_norm, get_activation, get_pool, global_avg_pool, global_max_pool, max_pool,
     normalize_padding)
+from conftest import require
 
 RTOL = ATOL = 1e-5
 
@@ -336,7 +337,7 @@ def test_adaptive_avg_pool_matches_torch_rule(in_hw, out_hw):
 
 
 def test_adaptive_avg_pool_against_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     for in_hw, out_hw in [((7, 7), (3, 3)), ((5, 5), (7, 7)), ((7, 9), (3, 4)), ((8, 8), (4, 4))]:
         x = rand((2, *in_hw, 3))
         expected = torch.nn.functional.adaptive_avg_pool2d(
@@ -345,7 +346,7 @@ def test_adaptive_avg_pool_against_torch():
 
 
 def test_pools_against_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     F = torch.nn.functional
     x = rand((2, 7, 8, 3))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2)

@@ -1,17 +1,26 @@
 """A run's lifecycle, as a researcher meets it: killed (SIGKILL, also in the middle of a
 checkpoint save) and resumed to the same parameters bit for bit; stopped by SIGTERM with a
-checkpoint; damaged checkpoints skipped or refused; divergence stopped with the last good
-checkpoint kept; logs read back; the report; a sweep that never reruns a finished trial."""
+checkpoint, promptly even when a step takes seconds, and at once on a second signal; torn log
+lines and damaged checkpoints (arrays or metadata) skipped, repaired or refused; a workdir
+locked against a second run; a finished run left alone; divergence stopped with the last good
+checkpoint kept, and an empty run restarted with a new config; the launcher of several
+processes leaving none behind; logs read back; the report; a sweep that never reruns a finished
+trial.
+
+Signals are sent by the run itself at a given step (CNN_JAX_TEST_SIGNAL_AT_STEP, see
+cnn_jax/train/stopping.py) once that step is computed, not by polling: no race with the run."""
 
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -19,40 +28,36 @@ import pytest
 from cnn_jax.config import default_config
 from cnn_jax.train import train_and_evaluate
 from cnn_jax.train.checkpoint import restore_variables
+from cnn_jax.train.optim import make_schedule
+from cnn_jax.train.workdir import LOCK_FILE, WorkdirLocked, workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT}
-# Digits, LeNet-5: 44 steps an epoch, 88 in all; a checkpoint every 8 steps and at epoch ends.
+# Digits, LeNet-5: 40 steps an epoch (1,292 training images after validation's 145), 80 in
+# all; a checkpoint every 8 steps and at epoch ends.
 RUN = ("--config", "experiments/configs/lenet5_digits.py", "--config.num_epochs=2",
        "--config.checkpoint.every_steps=8", "--config.log_every_steps=4")
-TOTAL_STEPS = 88
+TOTAL_STEPS = 80
 TIMEOUT = 300
 TIMING = ("train_images_per_second", "epoch_seconds", "steps_per_second", "images_per_second")
 
 
-def train(workdir, *extra, script=("-m", "experiments.train")):
+def train(workdir, *extra, script=("-m", "experiments.train"), signal_at=""):
+    """Runs the digits experiment; `signal_at`: CNN_JAX_TEST_SIGNAL_AT_STEP ("30:SIGKILL")."""
     return subprocess.run([sys.executable, *script, *RUN, "--workdir", str(workdir), *extra],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+                          cwd=ROOT, env={**ENV, "CNN_JAX_TEST_SIGNAL_AT_STEP": signal_at},
+                          capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def start(workdir, *extra):
-    return subprocess.Popen([sys.executable, "-m", "experiments.train", *RUN,
-                             "--workdir", str(workdir), *extra], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def checkpoint_steps(workdir):
+    return sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
 
 
-def wait_for_checkpoint(proc, workdir, at_least):
-    """Blocks until `workdir` holds a finished checkpoint of step >= at_least."""
-    deadline = time.time() + TIMEOUT
-    while time.time() < deadline:
-        steps = [int(os.path.basename(p)) for p in glob.glob(str(workdir / "checkpoints" / "*"))
-                 if os.path.basename(p).isdigit()]
-        if steps and max(steps) >= at_least:
-            return max(steps)
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError("no checkpoint appeared")
+def stopped_at(stderr):
+    """The step of `Stopped by SIGTERM after step N: ...`, checking the message."""
+    message = [line for line in stderr.splitlines() if line.startswith("Stopped by SIGTERM")]
+    assert message and "run the same command again to resume" in message[0], stderr[-3000:]
+    return int(message[0].split("after step ")[1].split(":")[0])
 
 
 def records(path):
@@ -87,13 +92,9 @@ def reference(tmp_path_factory):
 
 def test_sigkill_mid_run_then_resume_ends_bit_identical(reference, tmp_path):
     workdir = tmp_path / "run"
-    proc = start(workdir)
-    wait_for_checkpoint(proc, workdir, 24)  # a few steps after it, whichever step it is on
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(int(os.path.basename(p)) for p in glob.glob(str(workdir / "checkpoints/*"))
-                    if os.path.basename(p).isdigit())
-    assert killed_at < TOTAL_STEPS
+    result = train(workdir, signal_at="30:SIGKILL")  # checkpoints of steps 8, 16, 24 before
+    assert result.returncode == -signal.SIGKILL
+    assert 0 < checkpoint_steps(workdir)[-1] < TOTAL_STEPS
     result = train(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming from the checkpoint of step" in result.stdout
@@ -121,20 +122,40 @@ def test_sigkill_during_a_checkpoint_save_then_resume_ends_bit_identical(referen
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     workdir = tmp_path / "run"
-    proc = start(workdir)
-    wait_for_checkpoint(proc, workdir, 8)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "Traceback" not in stderr
-    message = [line for line in stderr.splitlines() if line.startswith("Stopped by SIGTERM")]
-    assert message and "run the same command again to resume" in message[0]
-    step = int(message[0].split("after step ")[1].split(":")[0])
-    assert step < TOTAL_STEPS and os.path.isdir(workdir / "checkpoints" / str(step))
+    result = train(workdir, signal_at="10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    step = stopped_at(result.stderr)
+    assert step in (11, 12)  # within two steps of the one computed when the signal came
+    assert os.path.isdir(workdir / "checkpoints" / str(step))
+    assert not os.path.exists(workdir / LOCK_FILE)  # released
     result = train(workdir)  # and the rest of the run continues from there
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Resuming from the checkpoint of step {step}" in result.stdout
     assert_same_params(reference, workdir)
+
+
+def test_torn_log_lines_are_repaired_on_resume_and_the_run_ends_bit_identical(reference,
+                                                                               tmp_path):
+    workdir = tmp_path / "run"
+    result = train(workdir, signal_at="60")  # in epoch 2: metrics.jsonl holds epoch 1
+    step = stopped_at(result.stderr)
+    logged = [r["step"] for r in records(workdir / "steps.jsonl")]
+    assert logged[-1] == step
+    for name in ("steps.jsonl", "metrics.jsonl"):  # a crash in the middle of a log write
+        with open(workdir / name, "r+b") as f:
+            f.truncate(os.path.getsize(workdir / name) - 40)
+    result = train(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resuming from the checkpoint of step {step}" in result.stdout
+    for name in ("steps.jsonl", "metrics.jsonl"):
+        assert f"{workdir / name} ended in a torn record (" in result.stderr
+    assert "metrics.jsonl lacked epochs that the checkpoint of step" in result.stderr
+    assert_same_params(reference, workdir)
+    assert records(workdir / "metrics.jsonl") == records(reference / "metrics.jsonl")
+    resumed = [r["step"] for r in records(workdir / "steps.jsonl")]
+    assert resumed[:len(logged) - 1] == logged[:-1]  # the torn record alone is lost
+    assert step not in resumed and resumed == sorted(set(resumed)) and resumed[-1] == TOTAL_STEPS
 
 
 def _state_files(workdir, step):
@@ -142,6 +163,117 @@ def _state_files(workdir, step):
     files = [p for p in glob.glob(str(workdir / "checkpoints" / str(step) / "state" / "**" / "*"),
                                   recursive=True) if os.path.isfile(p)]
     return sorted(files, key=os.path.getsize, reverse=True)
+
+
+def test_a_bit_flipped_in_checkpoint_metadata_is_detected(reference, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    os.remove(workdir / "final_metrics.json")  # so that the rerun resumes
+    steps = checkpoint_steps(workdir)
+    path = workdir / "checkpoints" / str(steps[-1]) / "meta" / "metadata"
+    text = open(path).read()
+    meta = json.loads(text)
+    position = text.index('"train_loss": ') + len('"train_loss": ') + 3  # a digit of epoch 1's
+    assert text[position].isdigit()
+    with open(path, "r+b") as f:  # one bit: a digit becomes another, the JSON stays valid
+        f.seek(position)
+        f.write(bytes([ord(text[position]) ^ 1]))
+    tampered = json.loads(open(path).read())
+    assert tampered["history"][0]["train_loss"] != meta["history"][0]["train_loss"]
+    result = train(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (f"Checkpoint {workdir / 'checkpoints' / str(steps[-1])} is damaged (CheckpointError: "
+            f"checkpoint {steps[-1]} does not match its checksum)") in result.stderr
+    assert f"Resuming from the checkpoint of step {steps[-2]}" in result.stdout
+    assert_same_params(reference, workdir)
+    assert records(workdir / "metrics.jsonl") == records(reference / "metrics.jsonl")
+
+
+def test_rerunning_a_finished_run_changes_nothing(reference, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+
+    def files():
+        return {p: (os.path.getmtime(p), open(p, "rb").read())
+                for p in glob.glob(str(workdir / "**"), recursive=True) if os.path.isfile(p)}
+
+    before = files()
+    time.sleep(0.01)
+    result = train(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (f"The run in {workdir} is finished ({TOTAL_STEPS} steps); nothing to do. Its results: "
+            f"{workdir / 'final_metrics.json'}") in result.stdout
+    assert "Resuming" not in result.stdout and "epoch" not in result.stdout
+    assert files() == before  # final_metrics.json, environment.json, logs: all untouched
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    with workdir_lock(str(workdir)):  # this process holds it, as a running run would
+        holder = json.load(open(workdir / LOCK_FILE))
+        assert holder["pid"] == os.getpid() and holder["host"]
+        result = train(workdir)
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert (f"{workdir} is in use by another run: process {os.getpid()} on host "
+                f"{holder['host']}") in errors[0]
+        assert os.listdir(workdir) == [LOCK_FILE]  # nothing written
+        with pytest.raises(WorkdirLocked, match=f"process {os.getpid()}"):
+            with workdir_lock(str(workdir)):
+                pass
+    assert not workdir.exists()  # released, and the directory it made removed again
+
+    # A lock left by a process that has ended (SIGKILL, a second Ctrl-C) is taken over.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    os.makedirs(workdir)
+    with open(workdir / LOCK_FILE, "w") as f:
+        json.dump({"host": holder["host"], "pid": int(dead.stdout)}, f)
+    with pytest.warns(UserWarning, match=f"Taking over the stale lock .* of process "
+                                         f"{int(dead.stdout)} on host"):
+        with workdir_lock(str(workdir)):
+            assert json.load(open(workdir / LOCK_FILE))["pid"] == os.getpid()
+    assert os.listdir(workdir) == []
+
+
+SLOW_CONFIG = """
+import ml_collections
+from experiments.configs.lenet5_digits import get_config as digits_config
+
+
+def get_config():  # VGG-11 (CIFAR head) on the digits, 32 a batch: a step of seconds on 2 cores
+    config = digits_config()
+    config.model = ml_collections.ConfigDict({"name": "vgg11_cifar", "dtype": "float32"})
+    config.log_every_steps = 40  # no sync for 40 steps: all the room a loop could run ahead
+    return config
+"""
+
+
+def _slow_run(tmp_path, name, signal_at):
+    (tmp_path / "slow_config.py").write_text(SLOW_CONFIG)
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", "--config", str(tmp_path / "slow_config.py"),
+         "--workdir", str(tmp_path / name)],
+        cwd=ROOT, env={**ENV, "CNN_JAX_TEST_SIGNAL_AT_STEP": signal_at},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_stop_is_prompt_when_a_step_takes_seconds_and_a_second_signal_ends_at_once(tmp_path):
+    """Without the bound on run-ahead the loop hands the device steps up to the next interval
+    (50 steps here, the whole run) and a stop waits for all of them."""
+    proc = _slow_run(tmp_path, "one", "2")  # SIGTERM once step 2 is computed
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stopped_at(stderr) in (3, 4)
+    assert "SIGTERM: saving a checkpoint after this step, then stopping" in stderr
+
+    proc = _slow_run(tmp_path, "two", "2,3:SIGINT")  # and Ctrl-C once step 3 is computed
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGINT, stderr[-3000:]  # ended by the signal itself
+    assert "Stopped by" not in stderr and "Traceback" not in stderr
+    assert not glob.glob(str(tmp_path / "two" / "checkpoints" / "[0-9]*"))
 
 
 def test_damaged_checkpoints_are_skipped_with_a_warning_or_refused(reference, tmp_path):
@@ -192,6 +324,29 @@ def test_divergence_stops_with_the_step_named_and_keeps_the_last_good_checkpoint
     steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
     assert steps[-1] == last_good
     assert all(np.isfinite(x).all() for x in _flat(variables).values())
+    # The learning rate quoted is the schedule's at that step, below the peak while warming up.
+    quoted = float(message.split("The learning rate was ")[1].split()[0])
+    steps_per_epoch = 1437 // 32
+    schedule = make_schedule(config.schedule, 1e4, 2 * steps_per_epoch, steps_per_epoch)
+    assert quoted == pytest.approx(float(schedule(step - 1)), rel=1e-3) and quoted < 1e4 / 2
+    assert "(config.optimizer.learning_rate=10000.0 on the cosine schedule)" in message
+
+
+def test_a_run_that_diverged_before_any_checkpoint_restarts_with_a_new_config(tmp_path):
+    config = default_config()
+    config.num_epochs = 1
+    config.optimizer.learning_rate = 1e6  # diverges in the first steps, before any save
+    config.log_every_steps = 1
+    with pytest.raises(FloatingPointError, match="no checkpoint was saved"):
+        train_and_evaluate(config, str(tmp_path), log=lambda s: None)
+    assert os.listdir(tmp_path / "checkpoints") == []
+    config.optimizer.learning_rate = 0.05
+    _, history = train_and_evaluate(config, str(tmp_path), log=lambda s: None)
+    assert [r["epoch"] for r in history] == [1]
+    assert json.load(open(tmp_path / "config.json"))["optimizer"]["learning_rate"] == 0.05
+    sessions = json.load(open(tmp_path / "environment.json"))["sessions"]
+    assert [s["start_step"] for s in sessions] == [0]  # a new run, not a resumption
+    assert [r["epoch"] for r in records(tmp_path / "metrics.jsonl")] == [1]
 
 
 def _read_tensorboard(directory):
@@ -213,15 +368,15 @@ def _read_tensorboard(directory):
 def test_logs_read_back(reference):
     steps = [json.loads(line) for line in open(reference / "steps.jsonl")]
     epochs = [json.loads(line) for line in open(reference / "metrics.jsonl")]
-    assert [e["step"] for e in epochs] == [44, 88]
+    assert [e["step"] for e in epochs] == [40, 80]
     assert {"loss", "accuracy", "grad_norm", "learning_rate", "steps_per_second",
             "images_per_second"} <= set(steps[0])
     tensorboard = _read_tensorboard(reference / "tensorboard")
     assert [s for s, _ in tensorboard["train/loss"]] == [r["step"] for r in steps]
     np.testing.assert_allclose([v for _, v in tensorboard["train/loss"]],
                                [r["loss"] for r in steps], rtol=1e-6)
-    np.testing.assert_allclose([v for _, v in tensorboard["epoch/test_accuracy"]],
-                               [e["test_accuracy"] for e in epochs], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in tensorboard["epoch/val_accuracy"]],
+                               [e["val_accuracy"] for e in epochs], rtol=1e-6)
     assert "train/learning_rate" in tensorboard and "train/grad_norm" in tensorboard
     env = json.load(open(reference / "environment.json"))
     assert env["seed"] == 0 and env["sessions"][0]["packages"]["jax"]
@@ -249,7 +404,7 @@ def test_report_writes_plots_and_summary(reference, tmp_path):
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     summary = open(workdir / "report" / "summary.md").read()
     final = json.load(open(workdir / "final_metrics.json"))
-    assert f"| test accuracy | {final['accuracy']:.2%}" in summary
+    assert f"| last | {final['epoch']} | {final['accuracy']:.2%} |" in summary
     assert "| 9 |" in summary and "lenet5 on digits" in summary
 
 
@@ -298,3 +453,43 @@ def test_sweep_bad_input(tmp_path):
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2 and "--param batch_size" in result.stderr
     assert "int" in result.stderr
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_launcher_sigterm_stops_every_worker_with_a_checkpoint_and_leaves_no_process(tmp_path):
+    workdir = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "experiments.launch_local", "--num_processes", "2",
+         "--devices_per_process", "1", "--", "--config.parallel=mesh",
+         "--config", "experiments/configs/lenet5_digits.py", "--workdir", str(workdir),
+         "--config.num_epochs=1000", "--config.checkpoint.every_steps=5",
+         "--config.log_every_steps=5"],  # a run far too long to end by itself
+        cwd=ROOT, env={**ENV, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        started = launcher.stdout.readline()
+        pids = [int(p) for p in re.findall(r"\d+", started.split(":")[-1])]
+        assert started.startswith("started 2 processes") and len(pids) == 2, started
+        deadline = time.time() + TIMEOUT  # wait until they train: a checkpoint exists
+        while not glob.glob(str(workdir / "checkpoints" / "[0-9]*")):
+            assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGTERM)
+        stdout, stderr = launcher.communicate(timeout=TIMEOUT)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert not [pid for pid in pids if _alive(pid)]  # every worker ended
+    stops = re.findall(r"^Stopped by (\S+) after step (\d+)", stderr, re.MULTILINE)
+    assert len(stops) == 2 and stops[0][1] == stops[1][1], stderr[-3000:]  # together
+    assert os.path.isdir(workdir / "checkpoints" / stops[0][1])
+    assert not os.path.exists(workdir / LOCK_FILE)

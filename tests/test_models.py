@@ -68,12 +68,24 @@ def test_batchnorm_models_have_batch_stats_and_others_do_not():
     assert "batch_stats" not in abstract_variables(get_model("lenet5", num_classes=10), (32, 32, 1))
 
 
-def test_residual_branch_starts_at_zero():
-    model = get_model("resnet18_cifar", num_classes=10)
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(jnp.zeros((1, 32, 32, 3)))
-    block = variables["params"]["layer1_0"]
-    assert jnp.all(block["conv2"]["norm"]["scale"] == 0)
-    assert jnp.all(block["conv1"]["norm"]["scale"] == 1)
+@pytest.mark.parametrize("depth,stages,last", [
+    (18, (2, 2, 2, 2), "conv2"), (34, (3, 4, 6, 3), "conv2"), (50, (3, 4, 6, 3), "conv3"),
+    (101, (3, 4, 23, 3), "conv3"), (152, (3, 8, 36, 3), "conv3")])
+def test_every_residual_branch_starts_at_zero(depth, stages, last):
+    """The last norm of every block's branch (basic: conv2, bottleneck: conv3) has scale 0, so
+    each block starts as relu(shortcut); every other norm (the stem's, the branch's first ones,
+    the projections') has scale 1. `zero_init_residual=False` makes them all 1. Width 2 keeps
+    ResNet-152 cheap; the block structure is the full-width one."""
+    for zero in (True, False):
+        model = get_model(f"resnet{depth}_cifar", num_classes=3, width=2, zero_init_residual=zero)
+        params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+        blocks = [f"layer{i + 1}_{j}" for i, n in enumerate(stages) for j in range(n)]
+        assert sorted(k for k in params if k.startswith("layer")) == sorted(blocks)
+        for block in blocks:
+            for conv, modules in params[block].items():
+                scale = modules["norm"]["scale"]
+                assert scale.size and jnp.all(scale == (0 if zero and conv == last else 1)), (block, conv)
+        assert jnp.all(params["stem"]["norm"]["scale"] == 1)
 
 
 def test_unknown_model_lists_choices():

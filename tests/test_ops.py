@@ -9,6 +9,7 @@ from flax import linen as nn
 from jax import lax
 
 from cnn_jax import layers, ops
+from conftest import require
 
 
 def _reference_pool(x, window, strides, padding):
@@ -79,7 +80,7 @@ def test_max_pool_under_jit_vmap_and_second_order():
 
 @pytest.mark.parametrize("shape,window,strides,padding", POOL_CASES)
 def test_max_pool_gradient_matches_pytorch(shape, window, strides, padding):
-    torch = pytest.importorskip("torch", reason="PyTorch not installed (optional parity check)")
+    torch = require("torch")
     if padding[0][0] != padding[0][1] or padding[1][0] != padding[1][1]:
         pytest.skip("PyTorch pads symmetrically only")
     if any(p > k // 2 for (p, _), k in zip(padding, window)):

@@ -4,7 +4,9 @@ multipliers, clipping, frozen BatchNorm), feature extraction, the linear probe a
 scikit-learn, the class-subset dataset, torchvision state-dict errors through .safetensors,
 and `config.transfer` through the training loop."""
 
+import gzip
 import json
+import os
 import sys
 
 import jax
@@ -25,7 +27,8 @@ from cnn_jax.transfer import (extract_features, feature_fn, freeze_batch_norm, l
                               save_features, to_torchvision, train_linear_probe)
 from cnn_jax.transfer.freeze import frozen_names, name_matcher, param_labels
 from cnn_jax.transfer.setup import setup_transfer
-from cnn_jax.transfer.torchvision import from_torchvision, load_state_dict, save_state_dict
+from cnn_jax.transfer.torchvision import (from_torchvision, import_torchvision, load_state_dict,
+                                         save_state_dict)
 
 SHAPE = (8, 8, 3)
 OPT = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -419,6 +422,55 @@ def test_safetensors_import_needs_no_torch_and_round_trips(resnet18_file, monkey
     assert jax.tree.all(jax.tree.map(same, loaded, variables))
     assert len(report.loaded) == 102 and report.reinitialized == []
     assert len(report.ignored) == 20 and report.ignored[0] == "bn1.num_batches_tracked"
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def test_torchvision_fixture_imports_without_torch_to_torchvisions_logits(monkeypatch):
+    """tests/fixtures/resnet18_cifar_w2*.safetensors, written by torchvision's own ResNet
+    modules (make_torchvision_fixtures.py): an outside layout and known values. Imported with
+    `import torch` failing, they give torchvision's logits; the export gives the file back,
+    key for key in torchvision's order and bit for bit."""
+    from safetensors import safe_open
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    path = os.path.join(FIXTURES, "resnet18_cifar_w2.safetensors")
+    io = load_state_dict(os.path.join(FIXTURES, "resnet18_cifar_w2_io.safetensors"))
+    model, variables, report = import_torchvision(path, "resnet18_cifar", num_classes=3, width=2,
+                                                  input_shape=(12, 10, 3))
+    logits = np.asarray(model.apply(variables, io["input"].transpose(0, 2, 3, 1), train=False))
+    np.testing.assert_allclose(logits, io["logits"], rtol=1e-5, atol=1e-5 * np.abs(io["logits"]).max())
+    assert report.reinitialized == [] and len(report.loaded) == 102 and len(report.ignored) == 20
+    with safe_open(path, "np") as f:
+        order = f.metadata()["order"].split(",")
+    state = load_state_dict(path)
+    exported = to_torchvision(variables, "resnet18_cifar")
+    assert list(exported) == order
+    for key in order:
+        if not key.endswith("num_batches_tracked"):
+            assert np.array_equal(exported[key], state[key]), key
+
+
+@pytest.mark.parametrize("name", ["alexnet", *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
+                                  *(f"resnet{d}" for d in (18, 34, 50, 101, 152))])
+def test_torchvision_keys_and_shapes_match_torchvisions_layout(name):
+    """Every model's torchvision names and shapes, in torchvision's order, against the layout
+    torchvision itself gives (tests/fixtures/torchvision_keys.json.gz; no PyTorch needed)."""
+    from cnn_jax.models import input_shape
+    from cnn_jax.transfer.loading import flatten
+    from cnn_jax.transfer.torchvision import _torch_order, torch_shape, torchvision_keys
+
+    with gzip.open(os.path.join(FIXTURES, "torchvision_keys.json.gz"), "rt") as f:
+        expected = [(k, tuple(shape)) for k, shape in json.load(f)["models"][name]
+                    if not k.endswith("num_batches_tracked")]
+    model = get_model(name, num_classes=1000)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *input_shape(name))))
+    table = torchvision_keys(name, shapes)
+    flat = flatten(shapes)
+    got = {table[path].key: torch_shape(tuple(value.shape), table[path].layout)
+           for path, value in flat.items()}
+    assert sorted(got.items(), key=lambda kv: _torch_order(kv[0])) == expected
 
 
 def test_state_dict_errors_list_missing_unexpected_and_misshaped_keys(resnet18_file):

@@ -503,6 +503,56 @@ def test_mixup_and_cutmix_actually_mix():
         assert fractional > 0, name
 
 
+
+def _mixing_weights(name, alpha, draws=2000, n=8, size=32):
+    """The weight each of `draws` batches (fixed keys) kept of its own examples: with
+    labels = arange(n), row i of the soft labels holds it at [i, i] unless i is its own partner
+    (then 1), so it is the batch's smallest diagonal entry."""
+    pre = make_preprocess(f"{name}(alpha={alpha})", num_classes=n)
+    x = jnp.zeros((n, size, size, 1))
+    labels = jnp.arange(n)
+    run_one = lambda key: jnp.diagonal(pre(key, {"image": x, "label": labels})["label"]).min()  # noqa: E731
+    keys = jax.random.split(jax.random.key(1234), draws)
+    return np.asarray(jax.jit(jax.vmap(run_one))(keys), np.float64)
+
+
+def _cutmix_kept_reference(alpha, draws, size, seed):
+    """The area cutmix keeps, by its documented recipe in NumPy: l ~ Beta(alpha, alpha), a box
+    of side sqrt(1 - l) * size centred at a uniform point, clipped to the image, corners rounded."""
+    rng = np.random.default_rng(seed)
+    lam = rng.beta(alpha, alpha, draws)
+    cut = np.sqrt(1 - lam) * size
+    cy, cx = rng.uniform(0, size, draws), rng.uniform(0, size, draws)
+    side = [np.round(np.clip(c + cut / 2, 0, size)) - np.round(np.clip(c - cut / 2, 0, size))
+            for c in (cy, cx)]
+    return 1 - side[0] * side[1] / size**2
+
+
+@pytest.mark.parametrize("alpha", [0.2])  # each alpha compiles JAX's Beta sampler anew (seconds)
+def test_mixup_weight_is_beta_alpha_alpha(alpha):
+    """Over 2000 batches at fixed keys, mixup's weight follows Beta(alpha, alpha) (SciPy's
+    Kolmogorov-Smirnov test), and the same test tells it from Beta(1, 1), what an `alpha`
+    that is ignored would draw."""
+    from scipy import stats
+
+    lam = _mixing_weights("mixup", alpha)
+    assert stats.kstest(lam, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+    assert stats.kstest(lam, stats.uniform().cdf).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("alpha", [3.0])
+def test_cutmix_kept_area_follows_beta_alpha_alpha(alpha):
+    """Over 2000 batches at fixed keys, the area cutmix keeps has the distribution its recipe
+    gives with l ~ Beta(alpha, alpha) (two-sample Kolmogorov-Smirnov test against a NumPy
+    simulation), and not the one with l ~ Beta(1, 1)."""
+    from scipy import stats
+
+    kept = _mixing_weights("cutmix", alpha)
+    reference = _cutmix_kept_reference(alpha, 20000, 32, seed=0)
+    uniform = _cutmix_kept_reference(1.0, 20000, 32, seed=1)
+    assert stats.ks_2samp(kept, reference).pvalue > 0.01
+    assert stats.ks_2samp(kept, uniform).pvalue < 1e-6
+
 def test_mixup_hard_labels_with_shared_classes():
     labels = np.array([0, 0, 1, 1, 2, 0, 1, 2])
     out = run("mixup(alpha=1.0)", images(), key=1, labels=labels, num_classes=4)["label"]

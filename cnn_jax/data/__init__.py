@@ -7,6 +7,9 @@
 | image_folder | `root/<class>/*.{png,jpg,jpeg}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify |
 | subset | some classes of another dataset, relabeled, optionally few training examples each | base, classes, train_per_class, subset_seed, data_dir, image_size |
 
+`split` is "train", "test", or "validation": the dataset's own validation split, or
+`MissingSplit` where it has none (the training loop then carves one from "train": splits.py).
+
 To add a dataset: write a loader `load(split, **options) -> Dataset` in this folder and add it
 to `DATASETS`.
 """

@@ -3,14 +3,15 @@ test set, 1,797 images, 10 classes), needing no network.
 
 Images are scaled to [0, 1] and resized (bilinear) to `image_size`, 32x32 by default so that
 LeNet-5 takes them as it takes padded MNIST. The split is a fixed, stratified 80/20
-(1,437 train / 360 test) that does not depend on any run's seed.
+(1,437 train / 360 test) that does not depend on any run's seed. There is no own validation
+split ("validation" raises MissingSplit): the training loop carves one from train.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnn_jax.data.dataset import Dataset, channel_stats, from_arrays
+from cnn_jax.data.dataset import Dataset, MissingSplit, channel_stats, from_arrays
 
 SPLITS = ("train", "test")
 
@@ -20,6 +21,8 @@ def load_digits(split: str, image_size: int = 32) -> Dataset:
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
+    if split == "validation":
+        raise MissingSplit("'digits' has no validation split of its own.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for 'digits'. Valid choices: {', '.join(SPLITS)}.")
     if image_size < 8:

@@ -121,4 +121,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnn_jax.errors import run_main
+    sys.exit(run_main(main))

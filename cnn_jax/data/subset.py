@@ -6,7 +6,8 @@ class: the data of transfer and few-label experiments.
 `classes`: '5-9', '0,2,4' or '' (all), in the order that gives the new labels (class 5 becomes
 label 0 above). `train_per_class`: that many training examples of each class, drawn with
 `subset_seed` (stratified, independent of the run's seed); 0 keeps all. The test split always
-keeps every example of the chosen classes. Normalization statistics are the base dataset's, so
+keeps every example of the chosen classes; there is no own "validation" split (MissingSplit).
+Normalization statistics are the base dataset's, so
 a model pretrained on other classes of the same base sees its inputs scaled the same way.
 `data_dir`, `image_size`: passed to the base loader when set (and when it takes them).
 The base split's arrays are kept for the next call (the two most recent), so the runs of one
@@ -20,7 +21,7 @@ import functools
 
 import numpy as np
 
-from cnn_jax.data.dataset import ArraySource, Dataset
+from cnn_jax.data.dataset import ArraySource, Dataset, MissingSplit
 from cnn_jax.data.pipeline import load_into_memory
 
 
@@ -61,6 +62,8 @@ def load_subset(split: str, base: str = "digits", classes: str = "", train_per_c
                 subset_seed: int = 0, data_dir: str = "", image_size: int = 0) -> Dataset:
     from cnn_jax.data import dataset_options
 
+    if split == "validation":  # the training loop carves one from train
+        raise MissingSplit("'subset' has no validation split of its own.")
     if base == "subset":
         raise ValueError("dataset 'subset' needs another dataset as its base.")
     valid = dataset_options(base)

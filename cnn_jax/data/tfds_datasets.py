@@ -4,6 +4,10 @@ access, no TensorFlow needed to read).
 A dataset must be prepared once, into `data_dir` (default `~/tensorflow_datasets`), in the
 array_record format: `python -m cnn_jax.data.prepare NAME --data_dir DIR` (see that module).
 MNIST and Fashion-MNIST prepare without TensorFlow from their four original files.
+
+Split "validation" is TFDS's own validation split where the prepared dataset has one and it is
+not already this project's test split (imagenette and imagenet2012 test on TFDS's validation
+split); otherwise it raises `MissingSplit`, and the training loop carves one from "train".
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 
 import numpy as np
 
-from cnn_jax.data.dataset import Dataset
+from cnn_jax.data.dataset import Dataset, MissingSplit
 from cnn_jax.data.image_ops import resize_center_crop
 from cnn_jax.data.pipeline import load_into_memory
 
@@ -37,7 +41,7 @@ TFDS_DATASETS = {
     "imagenette": TFDSInfo("imagenette/320px-v2", "validation", 160, *IMAGENET_STATS),
     "imagenet2012": TFDSInfo("imagenet2012", "validation", 224, *IMAGENET_STATS),
 }
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 
 class TFDSSource:
@@ -73,6 +77,21 @@ class TFDSSource:
             examples = [source[k] for k in keys]
         return [self._convert(e) for e in examples]
 
+    def labels(self, chunk: int = 4096) -> np.ndarray:
+        """Every label of the split, read without decoding the images."""
+        import tensorflow_datasets as tfds
+        try:
+            source = tfds.data_source(self.tfds_name, split=self.split, data_dir=self.data_dir,
+                                      download=False,
+                                      decoders={"image": tfds.decode.SkipDecoding()})
+            examples = [e for start in range(0, len(source), chunk)
+                        for e in source.__getitems__(list(range(start, min(start + chunk,
+                                                                           len(source)))))]
+        except (ImportError, TypeError):  # tfds.testing.mock_data: TensorFlow, other arguments
+            source = self._open()
+            examples = [source[i] for i in range(len(source))]
+        return np.array([e["label"] for e in examples], np.int64)
+
     def _convert(self, example: dict) -> dict:
         image = np.asarray(example["image"])
         if self.image_size is not None:
@@ -98,20 +117,28 @@ def load_tfds(split: str, *, name: str, data_dir: str | None = None, image_size:
     info = TFDS_DATASETS[name]
     data_dir = os.path.expanduser(data_dir) if data_dir else None
     size = image_size or info.image_size
-    source = TFDSSource(info.tfds_name, "train" if split == "train" else info.test_split,
+    source = TFDSSource(info.tfds_name, info.test_split if split == "test" else "train",
                         data_dir, size)
     try:
-        features = source._open().dataset_info.features
+        dataset_info = source._open().dataset_info
     except Exception as error:  # not prepared, or prepared in a format without random access
         builder = tfds.builder(info.tfds_name, data_dir=data_dir)
         if not builder.is_prepared():
             raise FileNotFoundError(
                 f"TFDS dataset {info.tfds_name!r} is not prepared in {builder.data_dir!r}. "
-                f"Prepare it once with:\n    {prepare_command(name, data_dir)}") from error
+                f"Prepare it once with:\n    {prepare_command(name, data_dir)}\nor set "
+                "config.dataset.data_dir to the folder that holds it.") from error
         raise ValueError(
             f"{info.tfds_name!r} in {builder.data_dir!r} cannot be read with random access "
             f"({error}). Prepare it again in the array_record format with:\n    "
             f"{prepare_command(name, data_dir)}") from error
+    if split == "validation":
+        if info.test_split == "validation" or "validation" not in dataset_info.splits:
+            raise MissingSplit(f"{info.tfds_name!r} has no validation split of its own" + (
+                " (its validation split is the test split here)."
+                if info.test_split == "validation" else "."))
+        source = TFDSSource(info.tfds_name, "validation", data_dir, size)
+    features = dataset_info.features
     shape = tuple(features["image"].shape)
     if size is not None:
         shape = (size, size, shape[-1])

@@ -134,3 +134,137 @@ def save_png(path: str, image) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(image).save(path)
     return path
+
+
+# --- Pictures that explain themselves: titles, colour bars, channel numbers (matplotlib) ----
+
+DEAD_COLOR = (0.85, 0.1, 0.1)
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.figure(figsize=(width, height), dpi=100)
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """A matplotlib figure as (H, W, 3) uint8; closes it."""
+    import matplotlib.pyplot as plt
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
+
+
+def explanation_figure(image, heatmap, title: str, map_label: str = "attribution",
+                       cmap: str = "jet", clip: float = 0.99) -> np.ndarray:
+    """input | heat map with its colour bar | overlay, under `title` (say the true label,
+    the prediction and its probability, and the class explained). (H, W, 3) uint8."""
+    heatmap = np.asarray(heatmap, np.float32)
+    lo, hi = float(heatmap.min()), float(np.quantile(heatmap, clip))
+    fig = _figure(9.6, 3.6)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(to_rgb(image), interpolation="nearest")
+    axes[0].set_title("input", fontsize=9)
+    shown = axes[1].imshow(heatmap, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1,
+                           interpolation="nearest")
+    axes[1].set_title(map_label, fontsize=9)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    axes[2].imshow(overlay(image, heatmap, cmap=cmap, clip=clip), interpolation="nearest")
+    axes[2].set_title("overlay", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return figure_to_array(fig)
+
+
+def _grid_axes(fig, tiles: np.ndarray, ncols: int, pad: int, **imshow):
+    """One image of all tiles (K, h, w[, 3]) on one axes; returns (axes, image, tile origin)."""
+    grid = tile(tiles, ncols, pad=pad, pad_value=np.nan)
+    ax = fig.add_axes((0.03, 0.03, 0.8, 0.85))
+    shown = ax.imshow(np.nan_to_num(grid, nan=1.0) if grid.ndim == 3 else np.ma.masked_invalid(grid),
+                      interpolation="nearest", **imshow)
+    ax.set_axis_off()
+    h, w = tiles.shape[1:3]
+    return ax, shown, lambda i: (pad + (i % ncols) * (w + pad), pad + (i // ncols) * (h + pad))
+
+
+def activation_figure(maps, title: str, dead=None) -> np.ndarray:
+    """One image's feature maps (H, W, C) as a grid on one scale (0 is black) with a colour
+    bar, each tile numbered by its channel; channels `dead` (a boolean (C,) mask, e.g. 0 for
+    every image explained) framed in red and marked 'dead'. (H, W, 3) uint8."""
+    import matplotlib.patches as patches
+    from matplotlib import colormaps
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"activation_figure takes one image's maps (H, W, C), got shape "
+                         f"{maps.shape}; pick one image: maps[i].")
+    channels = maps.shape[-1]
+    dead = np.zeros(channels, bool) if dead is None else np.asarray(dead, bool)
+    ncols = math.ceil(math.sqrt(channels))
+    nrows = math.ceil(channels / ncols)
+    top = max(float(maps.max()), 1e-12)
+    fig = _figure(8.0, max(3.0, 8.0 * nrows / ncols * 0.8 + 0.8))
+    cmap = colormaps["gray"].copy()
+    cmap.set_bad("white")
+    h, w = maps.shape[:2]
+    pad = max(1, round(0.12 * max(h, w)))
+    ax, shown, origin = _grid_axes(fig, np.clip(np.moveaxis(maps, -1, 0), 0, None), ncols, pad,
+                                   cmap=cmap, vmin=0, vmax=top)
+    size = max(4.0, min(9.0, 90.0 / ncols))
+    for c in range(channels):
+        x, y = origin(c)
+        ax.text(x + 0.5, y + 0.5, str(c), color="yellow", fontsize=size, va="top", ha="left",
+                fontweight="bold")
+        if dead[c]:
+            ax.add_patch(patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False,
+                                           edgecolor=DEAD_COLOR, linewidth=2))
+            ax.text(x + w / 2, y + h / 2, "dead", color=DEAD_COLOR, fontsize=size,
+                    ha="center", va="center", fontweight="bold")
+    fig.colorbar(shown, cax=fig.add_axes((0.86, 0.1, 0.03, 0.7))).ax.tick_params(labelsize=7)
+    fig.suptitle(title + (f"\n{int(dead.sum())} of {channels} channels dead (red)"
+                          if dead.any() else f"\nno dead channel of {channels}"), fontsize=9)
+    return figure_to_array(fig)
+
+
+def filter_figure(kernel, title: str) -> np.ndarray:
+    """Convolution kernels (kh, kw, in, out), each filter numbered, large enough to see its
+    weights, on one symmetric scale with a colour bar (0 is mid-grey). Three input channels
+    give colour tiles (the filter's RGB weights); otherwise a row per input channel.
+    (H, W, 3) uint8."""
+    kernel = np.asarray(kernel, np.float32)
+    if kernel.ndim != 4:
+        raise ValueError(f"filter_figure takes a kernel (kh, kw, in, out), got shape "
+                         f"{kernel.shape}.")
+    kh, kw, cin, cout = kernel.shape
+    lim = float(np.abs(kernel).max()) or 1.0
+    rgb = cin == 3
+    if rgb:
+        tiles, ncols = np.moveaxis(0.5 + 0.5 * kernel / lim, -1, 0), math.ceil(math.sqrt(cout))
+    else:
+        tiles, ncols = np.transpose(kernel, (2, 3, 0, 1)).reshape(-1, kh, kw), cout
+    nrows = math.ceil(len(tiles) / ncols)
+    inch = min(1.0, 12.0 / ncols)  # about 1 inch (100 px) a filter, up to 12 inches wide
+    fig = _figure(max(5.0, ncols * inch / 0.8 + 1.2), max(2.5, nrows * inch / 0.85 + 0.9))
+    pad = max(1, round(0.25 * max(kh, kw)))
+    ax, shown, origin = _grid_axes(fig, tiles, ncols, pad, **({} if rgb else dict(
+        cmap="gray", vmin=-lim, vmax=lim)))
+    for i in range(len(tiles)):
+        x, y = origin(i)
+        label = str(i) if rgb else (str(i % cout) if i < cout else "")
+        ax.text(x + kw / 2 - 0.5, y - 0.6, label, fontsize=7, ha="center", va="bottom")
+    if not rgb and cin > 1:
+        for c in range(cin):
+            ax.text(-0.8, origin(c * cout)[1] + kh / 2, f"in {c}", fontsize=7, ha="right",
+                    va="center")
+    if rgb:
+        fig.text(0.86, 0.5, f"RGB weights,\nmid-grey 0,\nscale ±{lim:.3g}", fontsize=8,
+                 va="center")
+    else:
+        fig.colorbar(shown, cax=fig.add_axes((0.86, 0.1, 0.03, 0.7))).ax.tick_params(
+            labelsize=7)
+    fig.suptitle(f"{title}: {cout} filters {kh}x{kw}x{cin}", fontsize=9)
+    return figure_to_array(fig)

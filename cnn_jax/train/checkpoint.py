@@ -7,7 +7,8 @@
 
 A checkpoint holds the train state as a tree of NumPy arrays (params, batch statistics,
 optimizer state, step, PRNG key data) and a JSON `meta` item (the config, the data position,
-the epoch's running train sums, the history so far, and a SHA-256 of the state's bytes).
+the epoch's running train sums, the history so far, and a SHA-256 of the state's bytes and of
+the rest of the meta item: everything a resume reads).
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 crash mid-save never leaves a directory that looks like a checkpoint. Restoring checks the
@@ -36,6 +37,12 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected."""
+
+
+def checkpoint_checksum(state: Any, meta: dict) -> str:
+    """SHA-256 over the state's arrays and the meta item (as JSON, which it is saved as)."""
+    return hashlib.sha256((tree_checksum(state) + json.dumps(meta, sort_keys=True)).encode()
+                          ).hexdigest()
 
 
 def tree_checksum(tree: Any) -> str:
@@ -73,7 +80,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
         """Saves in the background; the arrays must not change afterwards (pass host copies)."""
-        meta = {**meta, "step": int(step), "checksum": tree_checksum(state)}
+        meta = {**meta, "step": int(step)}
+        meta["sha256"] = checkpoint_checksum(state, meta)
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)),
                            metrics=metrics, force=True)
@@ -82,8 +90,13 @@ class Checkpointer:
         """The state (shaped like `target`) and meta saved at `step`; raises if they are damaged."""
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        state, meta = restored["state"], restored["meta"]
-        if tree_checksum(state) != meta.get("checksum"):
+        state, meta = restored["state"], dict(restored["meta"])
+        saved = meta.pop("sha256", None)
+        if saved is None:  # saved before the checksum covered the meta item too
+            ok = tree_checksum(state) == meta.pop("checksum", None)
+        else:
+            ok = checkpoint_checksum(state, meta) == saved
+        if not ok:
             raise CheckpointError(f"checkpoint {step} does not match its checksum")
         return state, meta
 

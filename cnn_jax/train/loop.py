@@ -9,9 +9,11 @@ What a run writes in its workdir:
     checkpoints/<step>/   orbax checkpoints at each epoch's end and every
                           `config.checkpoint.every_steps` (see checkpoint.py)
     steps.jsonl           train scalars every `config.log_every_steps` steps
-    metrics.jsonl         one record per epoch: train and whole-test-set metrics
+    metrics.jsonl         one record per epoch: train and whole-validation-set metrics (the
+                          test split's at the last epoch, or every epoch if asked)
     tensorboard/          the same scalars as TensorBoard event files
-    final_metrics.json    the last evaluation, per class, with the confusion matrix
+    final_metrics.json    the test split's metrics, per class, with the confusion matrix, of
+                          the last state and of the checkpoint best on validation
     config.json, config.py, environment.json   (see workdir.py)
 
 A run started on a workdir with checkpoints resumes from the latest good one and ends exactly
@@ -31,8 +33,6 @@ import functools
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -44,20 +44,24 @@ from jax.experimental import multihost_utils
 
 from cnn_jax import data as data_lib
 from cnn_jax import metrics as metrics_lib
+from cnn_jax.config import check_config
+from cnn_jax.data.splits import validation_split
 from cnn_jax.data.transforms import make_preprocess
 from cnn_jax.models import get_model, model_options
-from cnn_jax.train.checkpoint import Checkpointer, state_tree, with_tree
+from cnn_jax.train import selection
+from cnn_jax.train.checkpoint import Checkpointer, restore_variables, state_tree, with_tree
 from cnn_jax.train.logs import MetricWriter, Progress
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.parallel import DataParallel, check_batch_sizes
 from cnn_jax.train.step import TrainState, create_train_state, eval_step, train_step
-from cnn_jax.train.workdir import check_same_run, write_json, write_run_files
+from cnn_jax.train.stopping import StopSignals, stop_requested
+from cnn_jax.train.workdir import (check_same_run, locks_workdir, repair_logs, write_json,
+                                   write_run_files)
 from cnn_jax.transfer.setup import setup_transfer
 
 
 DTYPES = ("float32", "bfloat16", "float16")
-EPOCH_METRICS = ("test_accuracy", "test_loss", "test_top5_accuracy", "test_macro_f1",
-                 "test_macro_precision", "test_macro_recall", "train_loss", "train_accuracy")
+EPOCH_METRICS = selection.EPOCH_METRICS
 
 
 def _options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -66,6 +70,7 @@ def _options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
+    check_config(config)  # cnn_jax/config.py: names, options, schedule, input threads
     for key in ("batch_size", "eval_batch_size", "num_epochs", "grad_accum_steps"):
         value = config[key]
         if not isinstance(value, int) or value < 1:
@@ -79,10 +84,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.log_every_steps < 1 or config.checkpoint.every_steps < 0:
         raise ValueError("config.log_every_steps must be positive and config.checkpoint.every_steps"
                          " non-negative.")
-    best = config.checkpoint.best_metric
-    if best and best not in EPOCH_METRICS:
-        raise ValueError(f"Unknown config.checkpoint.best_metric {best!r}. Valid choices: "
-                         f"{', '.join(EPOCH_METRICS)}, or '' for none.")
+    selection.check_config(config)  # validation_fraction, best_metric, early_stopping
     if not 0 <= config.label_smoothing < 1:
         raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.")
 
@@ -134,56 +136,27 @@ class Preempted(Exception):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint; rerunning resumes it."""
 
 
-class _StopSignals:
-    """While active, SIGTERM and SIGINT only raise a flag that the loop reads at the next step
-    boundary; a second SIGINT (Ctrl-C twice) interrupts at once."""
-
-    def __init__(self):
-        self.received, self._previous = None, {}
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _stop_requested(stop: _StopSignals, step: int, every: int) -> str | None:
-    """The signal to stop on after `step`, read once (one arriving later waits a step). With
-    several processes they must stop at the same step: they agree every `every` steps,
-    stopping if any of them was signalled."""
-    if jax.process_count() == 1:
-        return stop.received
-    if step % every:
-        return None
-    received = stop.received
-    anyone = multihost_utils.process_allgather(np.int32(received is not None))
-    return received or ("a signal to another process" if np.any(anyone) else None)
-
-
 def _check_finite(step_metrics: list[dict], first_step: int, steps_per_epoch: int, config,
-                  last_checkpoint: str) -> None:
+                  last_checkpoint: str, schedule: Callable) -> None:
     for i, m in enumerate(step_metrics):
         bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(m[k])]
         if bad:
             step = first_step + i
             raise FloatingPointError(
                 f"The training {bad[0].replace('_', ' ')} became {m[bad[0]]} at step {step} (epoch "
-                f"{(step - 1) // steps_per_epoch + 1}); {last_checkpoint}. Lower the learning "
-                f"rate ({config.optimizer.learning_rate}) or clip gradients "
-                "(--config.optimizer.grad_clip_norm).")
+                f"{(step - 1) // steps_per_epoch + 1}); {last_checkpoint}. The learning rate was "
+                f"{float(schedule(step - 1)):.4g} at that step (config.optimizer.learning_rate="
+                f"{config.optimizer.learning_rate} on the {config.schedule.name} schedule): lower "
+                "it, or clip gradients (--config.optimizer.grad_clip_norm).")
 
 
-def _epoch_record(epoch: int, step: int, sums: dict, test: dict, learning_rate: float,
+def _scalars(prefix: str, metrics: dict | None) -> dict:
+    """`metrics`' scalars as `<prefix>_<name>` (no per-class lists, no confusion matrix)."""
+    return {f"{prefix}_{k}": v for k, v in (metrics or {}).items()
+            if not k.startswith("per_class") and k != "confusion_matrix"}
+
+
+def _epoch_record(epoch: int, step: int, sums: dict, val: dict | None, learning_rate: float,
                   images_per_second: float, seconds: float) -> dict:
     return {
         "epoch": epoch,
@@ -191,18 +164,31 @@ def _epoch_record(epoch: int, step: int, sums: dict, test: dict, learning_rate: 
         "learning_rate": learning_rate,
         "train_loss": sums["loss"] / sums["count"],
         "train_accuracy": sums["accuracy"] / sums["count"],
-        **{f"test_{k}": v for k, v in test.items()
-           if not k.startswith("per_class") and k != "confusion_matrix"},
+        **_scalars("val", val),
         "train_images_per_second": images_per_second,
         "epoch_seconds": seconds,
     }
 
 
-def _resume(config, workdir: str | None, state: TrainState, is_main: bool, log: Callable
-            ) -> tuple[Checkpointer | None, TrainState, int, dict, list[dict]]:
+def _epoch_line(record: dict, num_epochs: int) -> str:
+    parts = [f"epoch {record['epoch']:3d}/{num_epochs}  train loss {record['train_loss']:.4f} acc "
+             f"{record['train_accuracy']:.2%}"]
+    for split in ("val", "test"):
+        if f"{split}_loss" in record:
+            parts.append(f"{split} loss {record[f'{split}_loss']:.4f} acc "
+                         f"{record[f'{split}_accuracy']:.2%}  macro-F1 "
+                         f"{record[f'{split}_macro_f1']:.4f}")
+    parts.append(f"lr {record['learning_rate']:.4g}  {record['train_images_per_second']:.0f} "
+                 f"img/s  {record['epoch_seconds']:.1f}s")
+    return "  |  ".join(parts)
+
+
+def _resume(config, workdir: str | None, state: TrainState, is_main: bool, log: Callable,
+            total_steps: int) -> tuple[Checkpointer | None, TrainState, int, dict, list[dict]]:
     """The checkpointer of `workdir` (None without one) and where training starts: the fresh
     `state` at step 0, or the latest good checkpoint's state, step, epoch sums and history
-    if the workdir holds a run of this config."""
+    if the workdir holds a run of this config. A workdir without checkpoints (a run that
+    failed before its first save) starts over with any config."""
     epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
     if not workdir:
         return None, state, 0, epoch_sums, []
@@ -214,21 +200,23 @@ def _resume(config, workdir: str | None, state: TrainState, is_main: bool, log: 
             shutil.rmtree(ckpt_dir)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("cnn_jax: old checkpoints discarded")
-    elif os.path.isdir(ckpt_dir) and os.path.exists(saved_config):
-        with open(saved_config) as f:
-            check_same_run(json.load(f), config.to_dict(), workdir)
     ckpt = Checkpointer(ckpt_dir, keep=config.checkpoint.keep,
                         best_metric=config.checkpoint.best_metric,
                         best_mode=config.checkpoint.best_mode)
+    if ckpt.steps() and os.path.exists(saved_config):  # before a restore that would not fit
+        with open(saved_config) as f:
+            check_same_run(json.load(f), config.to_dict(), workdir)
     restored = ckpt.restore_latest(state_tree(state))
     if not restored:
         return ckpt, state, 0, epoch_sums, []
     tree, meta = restored
     check_same_run(meta["config"], config.to_dict(), workdir)
-    log(f"Resuming from the checkpoint of step {meta['step']} in {ckpt_dir}")
+    if meta["step"] < total_steps:
+        log(f"Resuming from the checkpoint of step {meta['step']} in {ckpt_dir}")
     return ckpt, with_tree(state, tree), meta["step"], meta["epoch_sums"], meta["history"]
 
 
+@locks_workdir  # two runs never share a workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        log: Callable[[str], None] = functools.partial(print, flush=True)
                        ) -> tuple[TrainState, list[dict]]:
@@ -252,6 +240,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     options = _options(config.dataset)
     train_ds = data_lib.get_dataset(config.dataset.name, "train", **options)
     test_ds = data_lib.get_dataset(config.dataset.name, "test", **options)
+    train_ds, val_ds, val_source = validation_split(config.dataset.name, options, train_ds,
+                                                    config.validation_fraction,
+                                                    config.validation_seed)
+    early = config.early_stopping
+    if early.patience and val_ds is None and early.metric.startswith("val_"):
+        raise ValueError(f"config.early_stopping.metric={early.metric!r} needs a validation "
+                         f"split: {config.dataset.name!r} has none of its own and "
+                         "config.validation_fraction=0; set a fraction > 0 (or patience 0).")
     stats = dict(num_classes=train_ds.num_classes, mean=train_ds.mean, std=train_ds.std)
     train_preprocess = make_preprocess(config.train_transforms, **stats)
     eval_preprocess = make_preprocess(config.eval_transforms, train=False, **stats)
@@ -276,7 +272,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
     state = setup_transfer(config, state, schedule, log)  # config.transfer; a no-op by default
 
-    ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log)
+    ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log,
+                                                           total_steps)
+    stopped_early_before = bool(selection.early_stop_epoch(history, early.metric, early.patience,
+                                                           early.min_delta))
+    if workdir and (start_step == total_steps or stopped_early_before) and os.path.exists(
+            os.path.join(workdir, "final_metrics.json")):  # a finished run: leave it as it is
+        ckpt.close()
+        log(f"The run in {workdir} is finished (step {start_step} of {total_steps}); nothing to do. "
+            "Its results: "
+            f"{os.path.join(workdir, 'final_metrics.json')} and metrics.jsonl (plots: python -m "
+            f"experiments.report {workdir}).")
+        return state, history
     state = dp.put_state(state)
     train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess)
     p_train_step, p_eval_step = dp.train_step(train_fn), dp.eval_step(eval_fn)
@@ -288,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 
     num_params = sum(p.size for p in jax.tree.leaves(dp.get_state(state).params))
     log(f"{config.model.name}: {num_params:,} parameters | {config.dataset.name}: "
-        f"{len(train_ds)} train / {len(test_ds)} test, {train_ds.image_shape} -> {input_shape} | "
+        f"{len(train_ds)} train / {len(val_ds or ())} validation / {len(test_ds)} test, "
+        f"{train_ds.image_shape} -> {input_shape} | "
         f"{config.num_epochs} epochs x {steps_per_epoch} steps of {config.batch_size}")
     log(f"parallel={config.parallel}: {sizes['devices']} device(s) "
         f"({jax.devices()[0].platform}) in {sizes['processes']} process(es); batch "
@@ -296,23 +304,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         f"device" + (f" in {config.grad_accum_steps} micro-batches of "
                      f"{sizes['per_device'] // config.grad_accum_steps}"
                      if config.grad_accum_steps > 1 else "") + f"; compute in {config.model.dtype}")
+    log(selection.describe(val_source, len(val_ds or ()), config))
     writer = None
     if workdir and is_main:
         os.makedirs(workdir, exist_ok=True)
         write_run_files(workdir, config.to_dict(), start_step)
+        if start_step:
+            repair_logs(workdir, start_step, history)  # the checkpoint is trusted over the logs
         writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(total_steps, start_step, batch_size=config.batch_size, log=log,
                         interactive=None if is_main else False)
     last_saved = start_step or None
+    last_step = total_steps
+    if stopped_early_before:
+        last_step = start_step  # resumed after early stopping stopped: nothing left to train
     test, pending, first_pending = None, [], start_step + 1
     start = epoch_start = interval_start = time.perf_counter()
     epoch_first_step = start_step
     try:
-        with _StopSignals() as stop:
-            for step in range(start_step + 1, total_steps + 1):  # step: steps done after this one
+        with StopSignals() as stop:
+            for step in range(start_step + 1, last_step + 1):  # step: steps done after this one
                 state, m = p_train_step(state, dp.put_batch(next(batches)))
+                stop.dispatched(step, m)  # at most one step queued: a stop within two steps
+                progress.tick(step)  # no sync: the progress line's clock
                 pending.append(m)
-                stopping = _stop_requested(stop, step, config.log_every_steps)
+                stopping = stop_requested(stop, step, config.log_every_steps)
                 epoch_end = step % steps_per_epoch == 0
                 save = ckpt is not None and (epoch_end or stopping is not None or (
                     config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0))
@@ -320,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                     fetched = dp.fetch(pending)  # one sync per interval, not per step
                     _check_finite(fetched, first_pending, steps_per_epoch, config,
                                   f"the last good checkpoint is step {last_saved} in "
-                                  f"{ckpt.directory}" if last_saved else "no checkpoint was saved")
+                                  f"{ckpt.directory}" if last_saved else "no checkpoint was saved",
+                                  schedule)
                     for m in fetched:
                         epoch_sums = {"loss": epoch_sums["loss"] + float(m["loss"]),
                                       "accuracy": epoch_sums["accuracy"] + float(m["accuracy"]),
@@ -338,27 +355,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                             "images_per_second": rate * config.batch_size})
                     progress.update(step, float(fetched[-1]["loss"]))
                     pending, first_pending, interval_start = [], step + 1, now
-                record = None
+                record, stopped_early = None, None
                 if epoch_end:
                     epoch = step // steps_per_epoch
                     train_seconds = time.perf_counter() - epoch_start
-                    test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size,
-                                    config.input_threads, dp)
-                    record = _epoch_record(epoch, step, epoch_sums, test,
+                    val = None if val_ds is None else evaluate(
+                        p_eval_step, state, val_ds, config.eval_batch_size, config.input_threads,
+                        dp)
+                    record = _epoch_record(epoch, step, epoch_sums, val,
                                            float(schedule(step - 1)),
                                            (step - epoch_first_step) * config.batch_size
-                                           / train_seconds, time.perf_counter() - epoch_start)
+                                           / train_seconds, 0.0)
+                    stopped_early = selection.early_stop_epoch(
+                        history + [record], early.metric, early.patience, early.min_delta)
+                    if config.eval_test_every_epoch or step == total_steps or stopped_early:
+                        test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size,
+                                        config.input_threads, dp)
+                        record.update(_scalars("test", test))
+                    record["epoch_seconds"] = time.perf_counter() - epoch_start
                     history.append(record)
                     if writer:
                         writer.write("metrics", step, {k: v for k, v in record.items()
                                                        if k != "step"})
-                    progress.log(
-                        f"epoch {epoch:3d}/{config.num_epochs}  train loss "
-                        f"{record['train_loss']:.4f} acc {record['train_accuracy']:.2%}  |  test "
-                        f"loss {test['loss']:.4f} acc {test['accuracy']:.2%}  macro-F1 "
-                        f"{test['macro_f1']:.4f}  |  lr {record['learning_rate']:.4g}  "
-                        f"{record['train_images_per_second']:.0f} img/s  "
-                        f"{record['epoch_seconds']:.1f}s")
+                    progress.log(_epoch_line(record, config.num_epochs))
                     epoch_sums = {"loss": 0.0, "accuracy": 0.0, "count": 0}
                     epoch_start = interval_start = time.perf_counter()
                     epoch_first_step = step
@@ -367,26 +386,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                             "epoch_sums": epoch_sums, "history": history}
                     best = config.checkpoint.best_metric
                     ckpt.save(step, state_tree(dp.get_state(state)), meta,
-                              metrics={best: record[best]} if record and best else None)
+                              metrics={best: record[best]} if best in (record or {}) else None)
                     last_saved = step
+                if stopped_early:
+                    log(f"Early stopping after epoch {stopped_early}: {early.metric} did not "
+                        f"improve by more than {early.min_delta} in {early.patience} "
+                        "epoch(s).")
+                    break
                 if stopping:
                     ckpt_note = (f"saved a checkpoint at step {step} in {ckpt.directory}; run the "
                                  "same command again to resume" if ckpt else
                                  "no workdir, so nothing was saved")
                     raise Preempted(f"Stopped by {stopping} after step {step}: {ckpt_note}.")
     finally:
+        progress.close()
         if ckpt:
             ckpt.wait()
             ckpt.close()
         if writer:
             writer.close()
+    evaluate_test = functools.partial(evaluate, p_eval_step, dataset=test_ds,
+                                      batch_size=config.eval_batch_size,
+                                      num_threads=config.input_threads, dp=dp)
     if test is None:  # resumed after the last step: nothing left to train
-        test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size, config.input_threads,
-                        dp)
+        test = evaluate_test(state=state)
+    best = _best_checkpoint_test(config, workdir, history, state, dp, evaluate_test, test)
     elapsed = time.perf_counter() - start
-    log(f"done in {elapsed:.1f}s: test accuracy {test['accuracy']:.2%}")
+    last = history[-1] if history else {"epoch": 0, "step": 0}
+    log(f"done in {elapsed:.1f}s: " + selection.final_line(last, test, best))
     if workdir and is_main:
-        write_json(os.path.join(workdir, "final_metrics.json"),
-                   {"epoch": config.num_epochs, "step": total_steps, "wall_seconds": elapsed,
-                    "class_names": list(test_ds.class_names), **test})
+        write_json(os.path.join(workdir, "final_metrics.json"), {
+            "checkpoint": "last", "epoch": last["epoch"], "step": last["step"],
+            "stopped_early": last["step"] < total_steps, "wall_seconds": elapsed,
+            "validation": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
+            "class_names": list(test_ds.class_names), **test, "best": best})
     return dp.get_state(state), history
+
+
+def _best_checkpoint_test(config, workdir: str | None, history: list[dict], state: TrainState,
+                          dp: DataParallel, evaluate_test: Callable, last_test: dict
+                          ) -> dict | None:
+    """The test metrics of the checkpoint best by `config.checkpoint.best_metric` (chosen on
+    validation), with its epoch, step and metric; None when nothing was selected."""
+    metric, mode = config.checkpoint.best_metric, config.checkpoint.best_mode
+    record = selection.best_record(history, metric, mode) if metric else None
+    if record is None:
+        return None
+    step = record["step"]
+    if workdir and step != history[-1]["step"]:
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True,
+                            best_metric=metric, best_mode=mode)
+        try:
+            step = ckpt.best_step() or step  # orbax's pick: the same one
+        finally:
+            ckpt.close()
+        record = next(r for r in history if r["step"] == step)
+    about = {"epoch": record["epoch"], "step": step, "selected_by": metric,
+             metric: record[metric]}
+    if step == history[-1]["step"]:
+        return {**about, **last_test}
+    if not workdir:
+        return {**about, "not_evaluated": "no workdir, so no checkpoint of that epoch"}
+    variables, _ = restore_variables(workdir, step=step)
+    host = dp.get_state(state)
+    best_state = host.replace(params=variables["params"],
+                              batch_stats=variables.get("batch_stats", host.batch_stats))
+    return {**about, **evaluate_test(state=dp.put_state(best_state))}

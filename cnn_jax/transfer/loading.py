@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from cnn_jax.errors import UserError
+
 Patterns = Union[str, Sequence[str], None]
 MAX_LISTED = 30  # names listed per category in an error; the rest are counted
 
@@ -117,6 +119,22 @@ def load_error(what: str, missing: list[str], unexpected: list[str], mismatched:
     return ValueError("\n".join(parts))
 
 
+def check_finite(variables: Mapping[str, Any], source: str) -> None:
+    """Raises UserError naming every array of `variables` (from `source`, a file or a run)
+    that holds NaN or Inf: weights like that would only show as a NaN loss at step 1."""
+    bad = []
+    for path, value in flatten(variables).items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+            nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+            bad.append(f"{full_name(path)} ({nan} NaN, {inf} Inf of {value.size})")
+    if bad:
+        more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise UserError(f"{source} holds weights that are not finite: {', '.join(bad[:MAX_LISTED])}"
+                        f"{more}; a model with them outputs NaN. Use weights saved before they "
+                        "diverged, or export them again.")
+
+
 def _shape(x) -> tuple[int, ...]:
     return tuple(np.shape(x))
 
@@ -163,6 +181,8 @@ def load_pretrained(target: Mapping[str, Any], source: Mapping[str, Any], *,
             report.ignored.append(full_name(path))
         else:
             unexpected.append(f"{full_name(path)} {_shape(source_flat[path])}")
+    check_finite(unflatten({path: source_flat[path] for path in source_flat if path in target_flat
+                            and not is_reinit(leaf_name(path))}), "The pretrained variables")
     if missing or unexpected or mismatched:
         raise load_error(
             "the pretrained variables", missing, unexpected, mismatched,

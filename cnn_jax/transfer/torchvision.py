@@ -40,9 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.errors import UserError
 from cnn_jax.models import MODELS, get_model, input_shape as model_input_shape
-from cnn_jax.transfer.loading import (LoadReport, Patterns, flatten, full_name, leaf_name,
-                                      load_error, matcher, unflatten)
+from cnn_jax.transfer.loading import (LoadReport, Patterns, check_finite, flatten, full_name,
+                                      leaf_name, load_error, matcher, unflatten)
 
 FAMILIES = ("resnet", "vgg", "alexnet", "fcn", "deeplabv3")
 SEGMENTATION_FAMILIES = ("fcn", "deeplabv3")
@@ -343,7 +344,12 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"No state-dict file at {path}.")
     if ext in SAFETENSORS_EXTENSIONS:
         from safetensors.numpy import load_file
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except Exception as error:  # safetensors raises its own error types for bad headers
+            raise UserError(f"{path} is not a readable .safetensors file ({error}): it is "
+                            "truncated, damaged, or another kind of file with that extension. "
+                            "Download or convert it again.") from None
     elif ext in TORCH_EXTENSIONS:
         try:
             import torch
@@ -365,6 +371,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
                          f"{', '.join(SAFETENSORS_EXTENSIONS + TORCH_EXTENSIONS)}.")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    check_finite(state, path)
     return state
 
 

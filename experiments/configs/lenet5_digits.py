@@ -4,8 +4,13 @@ Command:
     python -m experiments.train --config experiments/configs/lenet5_digits.py \
         --workdir runs/lenet5_digits
 
-Result: 98.61% test accuracy (360 test images, macro-F1 0.986) after 20 epochs; 11 s of
-training, 18 s wall with start-up, on 2 CPU cores. Seeds 0-3 gave 98.61, 97.78, 99.72, 99.44%.
+Result: after 20 epochs on 1,292 training images (145 carved out for validation, stratified,
+validation_seed 0), 99.31% validation accuracy (145 images) and 98.61% test accuracy (360
+images, macro-F1 0.986) at the last epoch; the checkpoint best on validation (epoch 17) is at
+98.61% test accuracy too. Seeds 0-3 (--config.seed=N): 98.61, 98.61, 98.61, 98.89% test.
+64 s of training and evaluation, 134 s wall, on 2 CPU cores shared with other jobs (load
+average ~20).
+The README's Quick start states the same figures; tests/test_validation.py checks them.
 """
 
 from cnn_jax.config import default_config

@@ -5,7 +5,9 @@ The arm is the config's parameter (`transfer_mnist_5to9.py:<arm>`, default `pret
 transfer_digits.py: pretrain (digits 0-4, all 30,596 training images, 2 epochs), scratch,
 finetune, finetune_lr, frozen, gradual (backbone frozen for the first 100 of 400 steps).
 Every arm but pretrain: SGD with Nesterov momentum, learning rate 0.02, cosine schedule,
-weight decay 5e-4, 40 epochs of 10 steps of 50.
+weight decay 5e-4, 40 epochs of 10 steps of 50. No validation split is carved
+(`validation_fraction=0`): every labeled image trains, and each arm's figure is its last
+epoch's test accuracy, nothing selected on it.
 
 Command (MNIST prepared, see lenet5_mnist.py; `experiments/transfer.py` runs every arm over
 five label draws and adds a linear probe):
@@ -31,6 +33,7 @@ PRETRAIN_DIR = "runs/transfer/mnist_5to9/pretrain"
 
 def get_config(arm: str = "pretrain"):
     config = default_config()
+    config.validation_fraction = 0.0  # the labeled images all train; nothing selected on test
     config.dataset.name = "subset"
     config.dataset.base = "mnist"
     config.dataset.data_dir = ""  # empty: TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
