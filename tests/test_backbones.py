@@ -1,6 +1,7 @@
 """Backbones (cnn_jax.models.backbones): feature maps at strides 4/8/16/32 by one call, ResNet's
 stride replaced by dilation, the classifier's parameters under the same names, clear errors;
-the features against torchvision's own ResNet (dilated) and VGG (skipped without it, failed under CI=true)."""
+the features against torchvision's own ResNet (dilated) and VGG (skipped without it, failed
+under CI=true)."""
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +68,8 @@ def test_other_strides_and_errors():
     for bad in ("resnet18_cifar", "unet", "fcn_resnet50"):
         with pytest.raises(ValueError, match="not a backbone"):
             get_backbone(bad)
-    with pytest.raises(ValueError, match=r"out_strides \(3,\): valid strides are \[2, 4, 8, 16, 32\]"):
+    with pytest.raises(ValueError,
+                       match=r"out_strides \(3,\): valid strides are \[2, 4, 8, 16, 32\]"):
         abstract(get_backbone("resnet18", out_strides=(3,)), (64, 64, 3))
     with pytest.raises(ValueError, match=r"valid strides are \[1, 2, 4, 8, 16, 32\]"):
         abstract(get_backbone("vgg11", out_strides=(64,)), (64, 64, 3))
