@@ -100,6 +100,7 @@ def main():
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--dir", default="/tmp/cnn_jax_photos")
     parser.add_argument("--digit_photos", default="", help="write the digit photos here, exit")
     parser.add_argument("--digit_pngs", default="", help="write the plain digits here, exit")
@@ -127,7 +128,7 @@ def main():
                 start = time.perf_counter()
                 ds = image_folder.load_image_folder("train", args.dir, **options)
                 times.append(time.perf_counter() - start)
-            rate = epoch_rate(ds, args.epochs)
+            rate = epoch_rate(ds, args.epochs, args.batch_size)
             print(f"| {cache} | {times[0]:.1f} | {times[1]:.1f} | {rate:,.0f} |", flush=True)
 
 

@@ -126,6 +126,10 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return config
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError, naming the key and what is valid, for a value training cannot use:
     run before anything is built."""
@@ -135,8 +139,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for section, registry in (("model", MODELS), ("dataset", DATASETS)):
         name = config[section].get("name")
         if name not in registry:
-            raise UserError(f"Unknown config.{section}.name {name!r}. Valid choices: "
-                            f"{', '.join(sorted(registry))}.")
+            raise UserError(f"Unknown {section} {name!r}. Valid choices: "
+                            f"{', '.join(sorted(registry))}. Set config.{section}.name to one.")
     if "num_classes" in config.model:
         raise UserError(f"config.model.num_classes cannot be set: the number of classes comes "
                         f"from the dataset (config.dataset.name={config.dataset.name!r}). Remove "
@@ -145,17 +149,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                            ("dataset", dataset_options(config.dataset.name))):
         unknown = sorted(set(config[section]) - set(valid) - {"name"})
         if unknown:
-            raise UserError(f"Unknown option(s) {', '.join(f'config.{section}.{k}' for k in unknown)}"
-                            f" for {section} {config[section].name!r}. Valid options: "
-                            f"{', '.join(sorted(set(valid))) or 'none'}.")
+            keys = ", ".join(f"config.{section}.{k}" for k in unknown)
+            raise UserError(f"Unknown option(s) {keys} for {section} {config[section].name!r}. "
+                            f"Valid options: {', '.join(sorted(set(valid))) or 'none'}.")
     threads = config.get("input_threads", 0)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise UserError(f"config.input_threads must be an integer >= 0 (0 reads in the training "
                         f"thread), got {threads!r}.")
     schedule = config.schedule
     boundaries = schedule.get("boundaries", ())
-    if (not isinstance(boundaries, (tuple, list))
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in boundaries)):
+    if not isinstance(boundaries, (tuple, list)) or not all(_is_number(b) for b in boundaries):
         raise UserError(f"config.schedule.boundaries must be a tuple of fractions of training in "
                         f"(0, 1), e.g. (0.5, 0.75); got {boundaries!r}.")
     if not all(0 < b < 1 for b in boundaries) or list(boundaries) != sorted(set(boundaries)):
@@ -163,11 +166,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                         f"(0, 1), e.g. (0.5, 0.75); got {tuple(boundaries)}.")
     for key, low, high in (("decay_factor", 0, 1), ("end_factor", 0, 1), ("pct_start", 0, 1)):
         value = schedule.get(key, low)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise UserError(f"config.schedule.{key} must be a number in [{low}, {high}] (a fraction "
-                            f"of the peak learning rate), got {value!r}.")
+        if not _is_number(value) or not low <= value <= high:
+            raise UserError(f"config.schedule.{key} must be a number in [{low}, {high}] (a "
+                            f"fraction of the peak learning rate), got {value!r}.")
     warmup = schedule.get("warmup_epochs", 0)
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or warmup < 0:
+    if not _is_number(warmup) or warmup < 0:
         raise UserError(f"config.schedule.warmup_epochs must be a number >= 0, got {warmup!r}.")
 
 

@@ -13,9 +13,9 @@ it) or `CNN_JAX_DEBUG=1` shows the traceback instead.
 Which errors are the user's (`is_user_error`):
   - `cnn_jax.errors.UserError`;
   - an OSError about a file (missing, a directory, not readable, disk full): it names the file;
-  - a ValueError, LookupError (KeyError), FloatingPointError, OSError or an exception class of cnn_jax
-    that our own code raised on purpose, with a `raise` statement in cnn_jax/ or experiments/:
-    those are our validation messages, written for a person.
+  - a ValueError, LookupError (KeyError), FloatingPointError, OSError or an exception class
+    of cnn_jax that our own code raised on purpose, with a `raise` statement in cnn_jax/ or
+    experiments/: those are our validation messages, written for a person.
 Anything else, including a ValueError raised inside JAX, NumPy or orbax, or one our code did
 not raise on purpose (an unpacking error, a failed conversion), is a bug: its traceback is
 printed as usual. Turning every ValueError into one line would hide exactly those.

@@ -2,6 +2,10 @@
 
 - `ConvBlock`: convolution -> optional norm -> activation.
 - `DenseBlock`: dense -> activation -> dropout.
+- `SqueezeExcitation`, `StochasticDepth` (drop path), `layer_scale`: the pieces of the
+  modern families (MobileNet, EfficientNet, RegNet, ConvNeXt); depthwise and grouped
+  convolutions are `ConvBlock(groups=...)` / `ConvBlock(depthwise=True)`.
+- `conv`: the plain convolution every block uses (fast CPU gradients through `cnn_jax.ops`).
 - `ConvTranspose`: PyTorch's transposed convolution (`ConvTranspose2d`), U-Net's up-sampling.
 - `resize_bilinear`: PyTorch's `F.interpolate(mode='bilinear', align_corners=False)`.
 - Pooling: `max_pool`, `avg_pool`, `global_avg_pool`, `global_max_pool`,
@@ -34,6 +38,9 @@ def _identity(x):
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
+    "relu6": nn.relu6,
+    "hard_swish": nn.hard_swish,      # x * relu6(x + 3) / 6, as torch.nn.Hardswish
+    "hard_sigmoid": nn.hard_sigmoid,  # relu6(x + 3) / 6, as torch.nn.Hardsigmoid
     "leaky_relu": nn.leaky_relu,  # negative slope 0.01, as torch.nn.LeakyReLU
     "elu": nn.elu,
     "gelu": functools.partial(nn.gelu, approximate=False),  # exact, as torch.nn.GELU
@@ -64,11 +71,12 @@ def check_norm(name: str) -> str:
 
 def make_norm(name: str, *, train: bool, features: int, dtype: Any, param_dtype: Any,
               scale_init: Callable = nn.initializers.ones, module_name: str = "norm",
-              axis_name: str | None = None):
+              axis_name: str | None = None, epsilon: float = 1e-5, momentum: float = 0.1):
     """Returns the norm layer for `name` ('none' gives None).
 
-    BatchNorm uses PyTorch's defaults (momentum 0.1 in PyTorch's convention, epsilon 1e-5)
-    so that imported torchvision statistics mean the same thing. 'layer' normalises over
+    BatchNorm uses PyTorch's defaults (momentum 0.1 in PyTorch's convention, epsilon 1e-5;
+    `momentum` and `epsilon` change them, momentum always in PyTorch's convention: the weight
+    of the new batch) so that imported torchvision statistics mean the same thing. 'layer' normalises over
     channels at each position (the ConvNeXt convention); 'group' uses up to 32 groups.
     `axis_name`: BatchNorm averages its batch statistics over that mapped axis (`jax.pmap`),
     so that every device normalises with the global batch's statistics.
@@ -76,12 +84,12 @@ def make_norm(name: str, *, train: bool, features: int, dtype: Any, param_dtype:
     check_norm(name)
     common = dict(dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=module_name)
     if name == "batch":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        return nn.BatchNorm(use_running_average=not train, momentum=1.0 - momentum, epsilon=epsilon,
                             axis_name=axis_name if train else None, **common)
     if name == "layer":
-        return nn.LayerNorm(epsilon=1e-5, **common)
+        return nn.LayerNorm(epsilon=epsilon, **common)
     if name == "group":
-        return nn.GroupNorm(num_groups=math.gcd(32, features), epsilon=1e-5, **common)
+        return nn.GroupNorm(num_groups=math.gcd(32, features), epsilon=epsilon, **common)
     return None
 
 
@@ -134,13 +142,30 @@ def _check_window_fits(x, window, dilation, padding, what):
                 "model. Use larger images or 'SAME' padding.")
 
 
+def conv(features: int, kernel_size: IntOrPair = 3, strides: IntOrPair = 1,
+         padding: Padding = "SAME", *, dilation: IntOrPair = 1, groups: int = 1,
+         use_bias: bool = True, kernel_init: Callable = nn.linear.default_kernel_init,
+         dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, name: str | None = None
+         ) -> nn.Conv:
+    """A plain 2-D convolution (no norm, no activation), computed by `ops.conv_general_dilated`
+    (fast CPU gradients). `groups` > 1 makes it grouped; groups = input channels, depthwise."""
+    return nn.Conv(features, _pair(kernel_size, "kernel_size"),
+                   strides=_pair(strides, "strides"), padding=normalize_padding(padding),
+                   kernel_dilation=_pair(dilation, "dilation"), feature_group_count=groups,
+                   use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
+                   param_dtype=param_dtype, conv_general_dilated=ops.conv_general_dilated,
+                   name=name)
+
+
 class ConvBlock(nn.Module):
     """Convolution -> optional norm -> activation.
 
     `groups` > 1 gives a grouped convolution; `depthwise=True` sets groups to the number of
     input channels (`features` must then be a multiple of it). `use_bias=None` means a bias
     only when there is no norm. `norm_scale_init` lets residual blocks zero-initialise their
-    last norm.
+    last norm. `norm_eps` and `norm_momentum` (PyTorch's convention) set the norm's constants;
+    `conv_name` and `norm_name` name the two sub-modules (torchvision's `Conv2dNormActivation`
+    layout is "0" and "1").
     """
     features: int
     kernel_size: IntOrPair = 3
@@ -155,6 +180,10 @@ class ConvBlock(nn.Module):
     kernel_init: Callable = nn.linear.default_kernel_init
     norm_scale_init: Callable = nn.initializers.ones
     norm_axis_name: str | None = None  # pmap's device axis: BatchNorm over the global batch
+    norm_eps: float = 1e-5
+    norm_momentum: float = 0.1
+    conv_name: str = "conv"
+    norm_name: str = "norm"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -173,14 +202,13 @@ class ConvBlock(nn.Module):
                              f"({x.shape[-1]}) and features ({self.features}).")
         _check_window_fits(x, kernel, dilation, padding, f"ConvBlock {self.name}")
         use_bias = self.norm == "none" if self.use_bias is None else self.use_bias
-        x = nn.Conv(self.features, kernel, strides=strides, padding=padding,
-                    kernel_dilation=dilation, feature_group_count=groups, use_bias=use_bias,
-                    kernel_init=self.kernel_init, dtype=self.dtype,
-                    param_dtype=self.param_dtype, conv_general_dilated=ops.conv_general_dilated,
-                    name="conv")(x)
+        x = conv(self.features, kernel, strides, padding, dilation=dilation, groups=groups,
+                 use_bias=use_bias, kernel_init=self.kernel_init, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name=self.conv_name)(x)
         norm = make_norm(self.norm, train=train, features=self.features, dtype=self.dtype,
                          param_dtype=self.param_dtype, scale_init=self.norm_scale_init,
-                         axis_name=self.norm_axis_name)
+                         axis_name=self.norm_axis_name, epsilon=self.norm_eps,
+                         momentum=self.norm_momentum, module_name=self.norm_name)
         if norm is not None:
             x = norm(x)
         return activation(x)
@@ -242,6 +270,50 @@ class DenseBlock(nn.Module):
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return x
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al., 2018): channels rescaled by
+    gate(fc2(act(fc1(mean over space)))), the two fully connected layers as 1x1 convolutions
+    (torchvision's `SqueezeExcitation`: `fc1`, `fc2`)."""
+    squeeze_features: int
+    act: str = "relu"
+    gate: str = "sigmoid"      # hard_sigmoid in MobileNetV3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        check_nhwc(x, "SqueezeExcitation")
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = get_activation(self.act)(conv(self.squeeze_features, 1, dtype=self.dtype, name="fc1")(s))
+        s = get_activation(self.gate)(conv(x.shape[-1], 1, dtype=self.dtype, name="fc2")(s))
+        return x * s
+
+
+class StochasticDepth(nn.Module):
+    """Drop path (Huang et al., 2016), torchvision's `StochasticDepth(p, "row")`: in training,
+    each example's residual branch is zeroed with probability `rate` and the kept ones scaled by
+    1 / (1 - rate); the identity in evaluation. Draws from the 'dropout' PRNG stream."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"StochasticDepth rate must be in [0, 1], got {self.rate!r}.")
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / keep if keep > 0 else 0.0, 0.0).astype(x.dtype)
+
+
+def layer_scale(module: nn.Module, x: jax.Array, init_value: float,
+                name: str = "layer_scale") -> jax.Array:
+    """x times a learned per-channel scale, a parameter `name` of `module` initialised to
+    `init_value` (Touvron et al., 2021; ConvNeXt's residual branches start at 1e-6)."""
+    scale = module.param(name, nn.initializers.constant(init_value), (x.shape[-1],))
+    return x * scale.astype(x.dtype)
 
 
 def _pool_args(x, window, strides, padding, what):

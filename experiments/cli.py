@@ -82,8 +82,8 @@ def load_variables_file(path: str) -> Any:
     """The variables in a msgpack file of `flax.serialization.msgpack_serialize`."""
     from flax import serialization
     if os.path.isdir(path):
-        raise UserError(f"--variables {path} is a directory; give a .msgpack file of "
-                        "flax.serialization.msgpack_serialize({'params': ..., 'batch_stats': ...}).")
+        raise UserError(f"--variables {path} is a directory; give a .msgpack file of flax."
+                        "serialization.msgpack_serialize({'params': ..., 'batch_stats': ...}).")
     with open(path, "rb") as f:
         data = f.read()
     if not data:
@@ -114,9 +114,10 @@ def restore_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[Any, s
         if is_user_error(e):
             raise
         # orbax/tensorstore raise many types for files cut short or overwritten
-        raise UserError(f"The {checkpoint} checkpoint in {directory} cannot be read: it is "
-                        f"damaged ({type(e).__name__}: {str(e)[:300]}). Pass --checkpoint "
-                        f"with another of its steps: {sorted(os.listdir(directory))}.") from e
+        raise UserError(f"The {checkpoint} checkpoint in {directory} cannot be read "
+                        f"({type(e).__name__}: {str(e)[:300]}); it may be damaged. Pass "
+                        f"--checkpoint with another of its steps: "
+                        f"{sorted(int(d) for d in os.listdir(directory) if d.isdigit())}.") from e
     return variables, directory if step is None else os.path.join(directory, str(step))
 
 

@@ -6,16 +6,18 @@
     python -m experiments.explain runs/lenet5_digits --method filters
     python -m experiments.explain runs/lenet5_digits --list_layers
 
-The run's `config.json` gives the model, the dataset (its classes, image size and
-statistics) and the evaluation transforms, which every image goes through, as in
-evaluation. Images are files (`--images`, scaled and centre-cropped to the dataset's image
-size) or N test images spread over the classes (`--num_test`, the same N every time). Writes one PNG per image into `--out` (default
-WORKDIR/explain/): input | heat map | overlay for the heat-map methods (`cnn_jax.explain.METHODS`:
-saliency, smoothgrad, gradcam, integrated_gradients, occlusion), the layer's feature maps
-for `activations`; one grid for `filters`.
+The run's `config.json` gives the model, the dataset (its classes, image size and statistics)
+and the evaluation transforms, which every image goes through, as in evaluation. Images are
+files (`--images`, scaled and centre-cropped to the dataset's image size) or N test images
+spread over the classes (`--num_test`, the same N every time). Writes one PNG per image into
+`--out` (default WORKDIR/explain/), titled with the true label, the prediction and its
+probability: input | heat map with its colour bar | overlay for the heat-map methods
+(`cnn_jax.explain.METHODS`: saliency, smoothgrad, gradcam, integrated_gradients, occlusion);
+the layer's numbered feature maps, dead channels marked, for `activations`; the numbered
+filters on one scale for `filters`.
 
-The variables come from the run's latest checkpoint (`experiments.cli.load_run`), or from a file of
-`flax.serialization.msgpack_serialize({'params': ..., 'batch_stats': ...})` (`--variables`).
+The variables come from the run's latest checkpoint (`experiments.cli.load_run`), or from a
+file of `flax.serialization.msgpack_serialize({'params': ..., 'batch_stats': ...})` (`--variables`).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def parse_target(target: str | None, class_names) -> int | None:
 def run(args) -> list[str]:
     """Writes the PNGs; returns their paths."""
     loaded = load_run(args.workdir, args.variables)
-    model, variables, config, dataset = loaded.model, loaded.variables, loaded.config, loaded.dataset
+    model, variables, config = loaded.model, loaded.variables, loaded.config
+    dataset = loaded.dataset
     out = args.out or os.path.join(args.workdir, "explain")
     preprocess = loaded.preprocess
     raw, names, labels = load_images(config, dataset, args.images, args.num_test)

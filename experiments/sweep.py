@@ -48,7 +48,19 @@ def parse_param(spec: str, config) -> tuple[str, list | tuple]:
     match = RANGE.match(values.replace(" ", ""))
     if match:
         kind, low, high = match.groups()
-        return key, (kind, float(low), float(high))
+        try:
+            low, high = float(low), float(high)
+        except ValueError:
+            raise ValueError(f"--param {key}: {kind}(a,b) needs two numbers, got "
+                             f"{values!r}.") from None
+        if not low < high:
+            raise ValueError(f"--param {key}: {kind}({low:g},{high:g}) needs a < b.")
+        if kind == "loguniform" and low <= 0:
+            raise ValueError(f"--param {key}: loguniform({low:g},{high:g}) needs 0 < a < b "
+                             "(it draws the logarithm uniformly).")
+        if kind == "randint" and (low != int(low) or high != int(high)):
+            raise ValueError(f"--param {key}: randint({low:g},{high:g}) needs integers.")
+        return key, (kind, low, high)
     try:
         return key, [parse_value(text, current) for text in values.split(",")]
     except (ValueError, SyntaxError) as e:
@@ -180,6 +192,7 @@ def main(argv=None) -> int:
                         help="allow ranking on a test_* metric (test-set leakage)")
     args, rest = parser.parse_known_args(argv)
     from cnn_jax.train import train_and_evaluate  # after parsing: --help needs no JAX
+    from cnn_jax.train.loop import Preempted
 
     try:
         base = load_config_file(args.config)
@@ -208,8 +221,13 @@ def main(argv=None) -> int:
             print(f"[{i + 1}/{len(chosen)}] {name}: finished before, skipped", flush=True)
         else:
             print(f"[{i + 1}/{len(chosen)}] {name}: training", flush=True)
-            train_and_evaluate(config, trial_dir,
-                               log=lambda message, n=name: print(f"  {n}: {message}", flush=True))
+            try:
+                train_and_evaluate(config, trial_dir, log=lambda message, n=name: print(
+                    f"  {n}: {message}", flush=True))
+            except Preempted as e:  # a checkpoint was saved: rerunning the sweep resumes it
+                print(f"{e} Rerun the same sweep command to resume trial {name} and go on.",
+                      file=sys.stderr, flush=True)
+                return 0
         with open(os.path.join(trial_dir, "metrics.jsonl")) as f:
             epochs = [json.loads(line) for line in f if line.strip()]
         if args.metric not in epochs[-1]:

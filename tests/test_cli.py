@@ -202,8 +202,13 @@ def test_explain_bad_files_are_one_line(run_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_library_noise_is_dropped(caplog):
+def test_library_noise_is_dropped(caplog, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
     quiet_library_noise()
+    # The C++ runtime's INFO lines (the processes connecting to each other) stay hidden in
+    # the training processes that launch_local starts, which inherit the environment.
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
     quiet_library_noise()  # once: no second filter
     absl = logging.getLogger("absl")
     assert sum(type(f).__name__ == "_DropNoise" for f in absl.filters) == 1

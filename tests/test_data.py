@@ -48,9 +48,10 @@ def test_digits_native_size_matches_sklearn():
     (lambda: get_dataset("mnist_fake", "train"),
      r"Unknown dataset 'mnist_fake'. Valid choices: cifar10, cifar100, digits, fashion_mnist, "
      r"image_folder, imagenet2012, imagenette, mnist"),
-    (lambda: get_dataset("digits", "validation"), r"Unknown split 'validation'.*train, test"),
+    (lambda: get_dataset("digits", "valid"), r"Unknown split 'valid'.*train, test"),
     (lambda: get_dataset("digits", "train", size=16), r"Unknown option.*'size'.*image_size"),
-    (lambda: get_dataset("mnist", "valid"), r"Unknown split 'valid' for 'mnist'.*train, test"),
+    (lambda: get_dataset("mnist", "valid"),
+     r"Unknown split 'valid' for 'mnist'.*train, validation, test"),
 ])
 def test_dataset_errors(call, match):
     with pytest.raises(ValueError, match=match):

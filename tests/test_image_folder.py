@@ -537,3 +537,20 @@ def test_auto_cache_reads_files_when_the_split_is_too_big_for_memory(root, monke
     assert "more than cache='auto' keeps in memory" in capsys.readouterr().err
     test = load_image_folder("test", str(root), image_size=8).source  # 3 images fit
     assert type(test) is image_folder.CachedImageFolderSource
+
+
+@pytest.mark.slow  # a subprocess importing JAX and grain: 10-30 s on 2 shared cores
+def test_cache_benchmark_smoke(tmp_path):
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/image_folder_cache.py", "--images", "20", "--epochs", "1",
+         "--image_size", "16", "--batch_size", "4", "--dir", str(tmp_path / "photos")],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CNN_JAX_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["cache", "none", "memory", "disk"]
+    assert len(list((tmp_path / "photos").rglob("*.jpg"))) == 20

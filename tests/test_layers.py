@@ -116,6 +116,9 @@ def ref_normalize(x, axes, eps=1e-5):
 
 REF_ACTIVATIONS = {
     "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "hard_swish": lambda x: x * np.clip(x + 3, 0, 6) / 6,
+    "hard_sigmoid": lambda x: np.clip(x + 3, 0, 6) / 6,
     "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
     "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
     "gelu": lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),

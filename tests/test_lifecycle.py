@@ -261,8 +261,9 @@ def _slow_run(tmp_path, name, signal_at):
 
 @pytest.mark.slow
 def test_a_stop_is_prompt_when_a_step_takes_seconds_and_a_second_signal_ends_at_once(tmp_path):
-    """Without the bound on run-ahead the loop hands the device steps up to the next interval
-    (50 steps here, the whole run) and a stop waits for all of them."""
+    """Without the bound on run-ahead the loop queues steps up to the next interval (40 here)
+    or XLA's own limit, and a stop waits for all of them: with the bound removed this run
+    stopped after step 34, not 3 or 4, minutes after the signal."""
     proc = _slow_run(tmp_path, "one", "2")  # SIGTERM once step 2 is computed
     _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, stderr[-3000:]
@@ -468,8 +469,9 @@ def test_launcher_sigterm_stops_every_worker_with_a_checkpoint_and_leaves_no_pro
     workdir = tmp_path / "run"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "experiments.launch_local", "--num_processes", "2",
-         "--devices_per_process", "1", "--", "--config.parallel=mesh",
-         "--config", "experiments/configs/lenet5_digits.py", "--workdir", str(workdir),
+         "--devices_per_process", "1", "--",
+         "--config", "experiments/configs/lenet5_digits.py", "--config.parallel=mesh",
+         "--workdir", str(workdir),
          "--config.num_epochs=1000", "--config.checkpoint.every_steps=5",
          "--config.log_every_steps=5"],  # a run far too long to end by itself
         cwd=ROOT, env={**ENV, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,

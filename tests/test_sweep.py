@@ -101,5 +101,19 @@ def test_random_sweep_resumes_an_interrupted_trial(tmp_path, monkeypatch, capsys
     (row,) = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert float(row["optimizer.learning_rate"]) == drawn["optimizer.learning_rate"]
     assert int(row["batch_size"]) == drawn["batch_size"]
-    steps = [json.loads(line)["step"] for line in open(trial / "metrics.jsonl")]
-    assert steps == [1437 // drawn["batch_size"]]
+    (epoch,) = [json.loads(line) for line in open(trial / "metrics.jsonl")]
+    assert epoch["epoch"] == 1 and epoch["step"] > 6
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("optimizer.learning_rate=loguniform(0,1)", "needs 0 < a < b"),
+    ("batch_size=randint(5,2)", "needs a < b"),
+    ("batch_size=randint(2.5,8)", "needs integers"),
+    ("optimizer.learning_rate=uniform(a,1)", "needs two numbers"),
+])
+def test_bad_ranges_are_one_clear_error(spec, match):
+    from cnn_jax.config import load_config_file
+    from experiments.sweep import parse_param
+    config = load_config_file("experiments/configs/lenet5_digits.py")
+    with pytest.raises(ValueError, match=match):
+        parse_param(spec, config)

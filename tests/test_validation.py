@@ -314,8 +314,8 @@ def test_quick_start_gives_the_readme_figure(tmp_path):
     from cnn_jax.config import load_config_file
     readme = open(os.path.join(ROOT, "README.md")).read()
     quick = readme.split("## Quick start")[1].split("\n## ")[0]
-    match = re.search(r"([\d.]+)% validation accuracy \((\d+) images\) and ([\d.]+)% test "
-                      r"accuracy \((\d+) images\)", quick)
+    match = re.search(r"([\d.]+)% validation\s+accuracy\s+\((\d+) images\)\s+and\s+([\d.]+)%"
+                      r"\s+test\s+accuracy\s+\((\d+) images\)", quick)
     assert match, "the Quick start must state the run's validation and test accuracy"
     val_pct, num_val, test_pct, num_test = (float(match[1]), int(match[2]), float(match[3]),
                                             int(match[4]))

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | digits | scikit-learn's 8x8 digits, embedded (no download) | image_size |
 | mnist, fashion_mnist, cifar10, cifar100, imagenette, imagenet2012 | TFDS, prepared once with `python -m cnn_jax.data.prepare NAME` | data_dir, image_size |
-| image_folder | `root/<class>/*.{png,jpg,jpeg}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify |
+| image_folder | `root/<class>/**/*.{jpg,png,webp,...}` (torchvision's ImageFolder layout) | root, image_size, channels, test_fraction, split_seed, verify, exif_transpose, background, cache, cache_dir |
 | subset | some classes of another dataset, relabeled, optionally few training examples each | base, classes, train_per_class, subset_seed, data_dir, image_size |
 
 `split` is "train", "test", or "validation": the dataset's own validation split, or

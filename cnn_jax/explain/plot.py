@@ -185,8 +185,8 @@ def _grid_axes(fig, tiles: np.ndarray, ncols: int, pad: int, **imshow):
     """One image of all tiles (K, h, w[, 3]) on one axes; returns (axes, image, tile origin)."""
     grid = tile(tiles, ncols, pad=pad, pad_value=np.nan)
     ax = fig.add_axes((0.03, 0.03, 0.8, 0.85))
-    shown = ax.imshow(np.nan_to_num(grid, nan=1.0) if grid.ndim == 3 else np.ma.masked_invalid(grid),
-                      interpolation="nearest", **imshow)
+    grid = np.nan_to_num(grid, nan=1.0) if grid.ndim == 3 else np.ma.masked_invalid(grid)
+    shown = ax.imshow(grid, interpolation="nearest", **imshow)
     ax.set_axis_off()
     h, w = tiles.shape[1:3]
     return ax, shown, lambda i: (pad + (i % ncols) * (w + pad), pad + (i // ncols) * (h + pad))

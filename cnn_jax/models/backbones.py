@@ -20,7 +20,12 @@ from typing import Callable, Sequence
 
 from flax import linen as nn
 
-from cnn_jax.models.resnet import STAGES as RESNET_STAGES, ResNet
+from cnn_jax.models.convnext import VARIANTS as CONVNEXT_VARIANTS, ConvNeXt
+from cnn_jax.models.densenet import DenseNet
+from cnn_jax.models.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS, EfficientNet
+from cnn_jax.models.mobilenet import V3_LARGE, V3_SMALL, MobileNetV2, MobileNetV3
+from cnn_jax.models.regnet import RegNet
+from cnn_jax.models.resnet import STAGES as RESNET_STAGES, BottleneckBlock, ResNet
 from cnn_jax.models.vgg import STAGES as VGG_STAGES, VGG
 
 DEFAULT_STRIDES = (4, 8, 16, 32)
@@ -33,6 +38,21 @@ for _depth, (_stages, _block) in RESNET_STAGES.items():
 for _depth, _layers in VGG_STAGES.items():
     BACKBONES[f"vgg{_depth}"] = functools.partial(VGG, layers=_layers, batch_norm=False)
     BACKBONES[f"vgg{_depth}_bn"] = functools.partial(VGG, layers=_layers, batch_norm=True)
+BACKBONES["resnext50_32x4d"] = functools.partial(
+    ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock, groups=32, width_per_group=4)
+BACKBONES["wide_resnet50_2"] = functools.partial(
+    ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock, width_per_group=128)
+BACKBONES["mobilenet_v2"] = MobileNetV2
+BACKBONES["mobilenet_v3_large"] = functools.partial(MobileNetV3, blocks=V3_LARGE)
+BACKBONES["mobilenet_v3_small"] = functools.partial(MobileNetV3, blocks=V3_SMALL,
+                                                    last_features=1024)
+for _v, (_width, _depth, _dropout) in EFFICIENTNET_VARIANTS.items():
+    BACKBONES[f"efficientnet_{_v}"] = functools.partial(EfficientNet, width_mult=_width,
+                                                        depth_mult=_depth)
+BACKBONES["regnet_y_400mf"] = RegNet
+for _v, (_widths, _depths, _rate) in CONVNEXT_VARIANTS.items():
+    BACKBONES[f"convnext_{_v}"] = functools.partial(ConvNeXt, widths=_widths, depths=_depths)
+BACKBONES["densenet121"] = DenseNet
 
 
 def get_backbone(name: str, /, out_strides: Sequence[int] = DEFAULT_STRIDES,
@@ -47,7 +67,7 @@ def get_backbone(name: str, /, out_strides: Sequence[int] = DEFAULT_STRIDES,
         raise ValueError(f"Backbone output_stride must be one of {sorted(DILATION)}, got "
                          f"{output_stride!r}.")
     if output_stride != 32:
-        if not name.startswith("resnet"):
+        if not name.startswith(("resnet", "resnext", "wide_resnet")):
             raise ValueError(f"output_stride={output_stride} (dilation) needs a ResNet backbone; "
                              f"{name!r} has only output_stride 32.")
         options["replace_stride_with_dilation"] = DILATION[output_stride]

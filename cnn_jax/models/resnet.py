@@ -32,10 +32,15 @@ class BasicBlock(nn.Module):
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
     dilation: int = 1  # of both 3x3 convolutions (torchvision's BasicBlock has none)
+    groups: int = 1            # only 1: as torchvision, grouped and wide variants are bottlenecks
+    width_per_group: int = 64
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.groups != 1 or self.width_per_group != 64:
+            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64 (ResNeXt "
+                             "and Wide ResNet use bottleneck blocks).")
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         common = dict(norm=self.norm, norm_axis_name=self.norm_axis_name, dtype=self.dtype)
         d = self.dilation
@@ -55,15 +60,18 @@ class BottleneckBlock(nn.Module):
     norm_axis_name: str | None = None
     dtype: Any = jnp.float32
     dilation: int = 1  # of the 3x3 convolution
+    groups: int = 1           # of the 3x3 convolution: ResNeXt's cardinality
+    width_per_group: int = 64  # the 3x3's width is features * width_per_group / 64 * groups
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         common = dict(norm=self.norm, norm_axis_name=self.norm_axis_name, dtype=self.dtype)
-        y = ConvBlock(self.features, 1, 1, padding=0, act=self.act, name="conv1", **common)(x, train)
-        y = ConvBlock(self.features, 3, self.strides, padding=self.dilation,
-                      dilation=self.dilation, act=self.act, name="conv2", **common)(y, train)
+        width = int(self.features * (self.width_per_group / 64.0)) * self.groups
+        y = ConvBlock(width, 1, 1, padding=0, act=self.act, name="conv1", **common)(x, train)
+        y = ConvBlock(width, 3, self.strides, padding=self.dilation, dilation=self.dilation,
+                      groups=self.groups, act=self.act, name="conv2", **common)(y, train)
         y = ConvBlock(self.features * 4, 1, 1, padding=0, act="none", norm_scale_init=last_scale,
                       name="conv3", **common)(y, train)
         return get_activation(self.act)(y + _shortcut(x, y, self.strides, common, train))
@@ -99,6 +107,8 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     replace_stride_with_dilation: Sequence[bool] = (False, False, False)  # layer2..layer4
     out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
+    groups: int = 1             # ResNeXt: 32 groups of width_per_group 4 (resnext50_32x4d)
+    width_per_group: int = 64   # Wide ResNet: 128 (wide_resnet50_2)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
@@ -133,6 +143,7 @@ class ResNet(nn.Module):
                 x = self.block_cls(self.width * 2**i, stage_strides if j == 0 else 1,
                                    zero_init_residual=self.zero_init_residual,
                                    dilation=first_dilation if j == 0 else dilation,
+                                   groups=self.groups, width_per_group=self.width_per_group,
                                    name=f"layer{i + 1}_{j}", **common)(x, train)
             features[stride * 2**i] = x
         if self.out_strides is not None:

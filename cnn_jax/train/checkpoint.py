@@ -174,7 +174,11 @@ def restore_variables(workdir: str, step: int | None = None, *, best: bool = Fal
             state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     finally:
         ckpt.close()
-    state, meta = restored["state"], restored["meta"]
+    state, meta = restored["state"], dict(restored["meta"])
+    saved = meta.pop("sha256", None)
+    if saved is not None and checkpoint_checksum(state, meta) != saved:
+        raise CheckpointError(f"Checkpoint {step} in {directory} does not match its checksum: "
+                              f"it is damaged. Steps there: {steps}.")
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]

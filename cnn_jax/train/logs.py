@@ -80,7 +80,7 @@ class Progress:
     the same as a plain line every `every_seconds`. A daemon thread draws it on time whatever
     the loop is doing (compiling, a slow step, evaluating), so the loop only reports:
 
-        progress.tick(step)          # after every step: no device sync, about a microsecond
+        progress.tick(step)          # after every step: no device sync, a few microseconds
         progress.update(step, loss)  # when it has fetched a loss
         progress.log(message)        # a line printed above the progress line
         progress.close()             # stops the thread
@@ -91,8 +91,8 @@ class Progress:
     def __init__(self, total_steps: int, start_step: int, *, batch_size: int,
                  log: Callable[[str], None], interactive: bool | None = None,
                  every_seconds: float = 15.0, redraw_seconds: float = 0.5,
-                 window_seconds: float = 30.0, stream=None, clock: Callable[[], float] = time.monotonic,
-                 background: bool = True):
+                 window_seconds: float = 30.0, stream=None,
+                 clock: Callable[[], float] = time.monotonic, background: bool = True):
         self.total, self.batch_size = total_steps, batch_size
         self._log = log
         self.stream = stream or sys.stdout
@@ -102,7 +102,8 @@ class Progress:
         self.step, self.loss = start_step, None
         self.t0 = self.last_print = clock()
         self.shown = False
-        self._samples = collections.deque()  # (time, step), oldest first, spanning the window
+        # (time, step), oldest first, spanning the window (or the last 10,000 steps)
+        self._samples = collections.deque(maxlen=10_000)
         self._draw_lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = None

@@ -19,8 +19,10 @@ What a run writes in its workdir:
 A run started on a workdir with checkpoints resumes from the latest good one and ends exactly
 as the uninterrupted run would (bit-identical on CPU): the state, the position in the data and
 the epoch's running train sums all come from the checkpoint. SIGTERM/SIGINT save a checkpoint
-at the next step boundary and raise `Preempted`; a loss or gradient norm that is not finite
-raises FloatingPointError before anything after it is saved.
+at the next step boundary and raise `Preempted` (within two steps, a second signal ends the
+process at once: stopping.py); a loss or gradient norm that is not finite raises
+FloatingPointError before anything after it is saved. One run at a time holds a workdir
+(`run.lock`, workdir.py); rerunning a finished run changes nothing.
 
 `config.parallel` picks how the one train step runs over the devices (`parallel.py`);
 `config.batch_size` is the global batch, and each process reads its own shard of the data.
@@ -224,8 +226,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     `workdir` (see the module docstring). Returns the final state and the per-epoch history
     (what `metrics.jsonl` holds). `workdir=None` writes nothing.
 
-    Raises `Preempted` after SIGTERM/SIGINT (a checkpoint saved), FloatingPointError when the
-    loss or gradient norm stops being finite (the last good checkpoint kept).
+    Raises WorkdirLocked if another run holds `workdir`, `Preempted` after SIGTERM/SIGINT (a
+    checkpoint saved), FloatingPointError when the loss or gradient norm stops being finite
+    (the last good checkpoint kept).
     """
     validate_config(config)
     dp = DataParallel(config.parallel)

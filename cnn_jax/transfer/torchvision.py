@@ -1,6 +1,7 @@
 """torchvision weights in and out: ResNet-18/34/50/101/152, VGG-11/13/16/19 (with and without
-BatchNorm), AlexNet, and the segmentation models FCN / DeepLabV3 with a ResNet-50/101
-backbone, from the state-dict file a user downloaded, and back.
+BatchNorm), AlexNet, MobileNetV2/V3, EfficientNet-B0..B3, RegNetY-400MF, ConvNeXt,
+DenseNet-121, and the segmentation models FCN / DeepLabV3 with a ResNet-50/101 backbone,
+from the state-dict file a user downloaded, and back.
 
     model, variables, report = import_torchvision("resnet18-f37072fd.pth", "resnet18")
     model, variables, report = import_torchvision("resnet50.safetensors", "resnet50",
@@ -18,6 +19,10 @@ torchvision's key names are the format (`conv1.weight`, `layer1.0.downsample.1.r
 - BatchNorm: weight/bias are scale/bias, running_mean/running_var the batch statistics; the
   epsilon (1e-5) and momentum (0.1) are PyTorch's already (`cnn_jax.layers.make_norm`).
   `num_batches_tracked` has no counterpart: ignored on import, written as 0 on export.
+
+The modern families name their modules after torchvision's module paths (see
+`cnn_jax/models/blocks.py`), so their keys are the module path joined by dots; only the
+classifier ("head") is renamed, and ConvNeXt's layer scale gets torchvision's (C, 1, 1) shape.
 
 The same names serve the `_cifar` variants (only their stem or head shapes differ).
 Segmentation models (`fcn_resnet50`, `deeplabv3_resnet50`, ...): `backbone.` + the ResNet's
@@ -46,8 +51,13 @@ from cnn_jax.models import MODELS, get_model, input_shape as model_input_shape
 from cnn_jax.transfer.loading import (LoadReport, Patterns, check_finite, flatten, full_name,
                                       leaf_name, load_error, matcher, unflatten)
 
-FAMILIES = ("resnet", "vgg", "alexnet", "fcn", "deeplabv3")
+FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet", "fcn", "deeplabv3",
+            "mobilenet", "efficientnet", "regnet", "convnext", "densenet")
 SEGMENTATION_FAMILIES = ("fcn", "deeplabv3")
+# Families whose module paths are torchvision's keys; the value is the classifier's key.
+DOTTED_HEADS = {"mobilenet_v2": "classifier.1", "mobilenet_v3": "classifier.3",
+                "efficientnet": "classifier.1", "regnet": "fc", "convnext": "classifier.2",
+                "densenet": "classifier"}
 TORCH_EXTENSIONS = (".pth", ".pt", ".bin")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
 ALEXNET_FEATURES = (0, 3, 6, 8, 10)  # torchvision's indices of AlexNet's five convolutions
@@ -66,19 +76,20 @@ LEAVES = {  # (collection, Flax leaf) -> PyTorch parameter or buffer
     ("params", "bias"): "bias",
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    ("params", "layer_scale"): "layer_scale",
 }
 
 
 class TorchKey(NamedTuple):
     key: str      # torchvision's name
-    layout: str   # 'conv' | 'dense' | 'flatten_dense' | 'vector'
+    layout: str   # 'conv' | 'dense' | 'flatten_dense' | 'vector' | 'layer_scale'
     channels: int = 0  # flatten_dense: channels of the feature map it reads
 
 
 def family(model_name: str) -> str:
     for fam in FAMILIES:
         if model_name.startswith(fam) and model_name in MODELS:
-            return fam
+            return "resnet" if fam in ("resnext", "wide_resnet") else fam  # ResNet's layout
     supported = sorted(n for n in MODELS if n.startswith(FAMILIES))
     raise ValueError(f"No torchvision layout for model {model_name!r}. Supported: "
                      f"{', '.join(supported)}.")
@@ -102,6 +113,9 @@ def _vgg_feature_indices(model_name: str) -> dict[str, int]:
 
 def _module_key(fam: str, module: tuple[str, ...], model_name: str) -> str | None:
     """torchvision's module name for a cnn_jax module path, or None if it has none."""
+    dotted = next((h for prefix, h in DOTTED_HEADS.items() if model_name.startswith(prefix)), None)
+    if dotted:
+        return dotted if module == ("head",) else ".".join(module)
     if fam in SEGMENTATION_FAMILIES:
         if module[:1] == ("backbone",):
             key = _module_key("resnet", module[1:], model_name)
@@ -161,7 +175,9 @@ def torchvision_keys(model_name: str, variables: Mapping[str, Any]) -> dict[tupl
         if module_key is None or suffix is None:
             raise ValueError(f"{full_name(path)} of {model_name!r} has no torchvision "
                              "counterpart (was the model built with other options?).")
-        if len(value.shape) == 4:
+        if path[-1] == "layer_scale":
+            layout, channels = "layer_scale", 0
+        elif len(value.shape) == 4:
             layout, channels = "conv", 0
         elif len(value.shape) == 2 and path[1] == "fc1":
             layout, channels = "flatten_dense", last_conv_channels
@@ -180,6 +196,8 @@ def torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
         return (o, i, h, w)
     if layout in ("dense", "flatten_dense"):
         return (shape[1], shape[0])
+    if layout == "layer_scale":
+        return (shape[0], 1, 1)
     return tuple(shape)
 
 
@@ -192,6 +210,8 @@ def to_flax_layout(array: np.ndarray, tk: TorchKey) -> np.ndarray:
         out, features = array.shape
         c = tk.channels
         return array.reshape(out, c, features // c).transpose(2, 1, 0).reshape(features, out)
+    if tk.layout == "layer_scale":
+        return array.reshape(-1)
     return array
 
 
@@ -204,6 +224,8 @@ def to_torch_layout(array: np.ndarray, tk: TorchKey) -> np.ndarray:
         features, out = array.shape
         c = tk.channels
         return array.reshape(features // c, c, out).transpose(2, 1, 0).reshape(out, features)
+    if tk.layout == "layer_scale":
+        return array.reshape(-1, 1, 1)
     return array
 
 

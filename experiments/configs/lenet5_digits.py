@@ -8,8 +8,8 @@ Result: after 20 epochs on 1,292 training images (145 carved out for validation,
 validation_seed 0), 99.31% validation accuracy (145 images) and 98.61% test accuracy (360
 images, macro-F1 0.986) at the last epoch; the checkpoint best on validation (epoch 17) is at
 98.61% test accuracy too. Seeds 0-3 (--config.seed=N): 98.61, 98.61, 98.61, 98.89% test.
-64 s of training and evaluation, 134 s wall, on 2 CPU cores shared with other jobs (load
-average ~20).
+24 to 64 s of training and evaluation, 61 to 134 s wall (two runs), on 2 CPU cores shared with
+other jobs (load average ~20).
 The README's Quick start states the same figures; tests/test_validation.py checks them.
 """
 

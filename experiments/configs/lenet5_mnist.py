@@ -7,10 +7,12 @@ Command:
     python -m experiments.train --config experiments/configs/lenet5_mnist.py \
         --workdir runs/lenet5_mnist [--config.dataset.data_dir=DIR]
 
-Result: 99.02% test accuracy on the full 10,000-image test split (macro-F1 0.990) after 2
-epochs; 43 s of training and evaluation, 61 s wall (reading and decoding 70,000 PNGs into
-memory takes about 10 s), on 2 CPU cores. tests/test_tfds.py checks >= 98.8% on MNIST
-prepared from the original files. (Flax's MNIST example: 99.17% after 10 epochs.)
+Result: after 2 epochs on 54,000 training images (6,000 carved out for validation), 98.75%
+test accuracy on the full 10,000-image test split (macro-F1 0.987), validation 98.78%; 145 s
+of training and evaluation, 237 s wall, on 2 CPU cores shared with other jobs. On all 60,000
+(--config.validation_fraction=0, selecting nothing): 99.02% (macro-F1 0.990), 167 s / 274 s.
+tests/test_tfds.py checks >= 98.8% on all 60,000, MNIST prepared from the original files.
+(Flax's MNIST example: 99.17% after 10 epochs.)
 """
 
 from cnn_jax.config import default_config
