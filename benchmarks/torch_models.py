@@ -5,7 +5,10 @@ parameter counts (tests/test_benchmarks.py compares the counts), for benchmarks/
 
 LeNet-5 as cnn_jax.models.lenet (ReLU, max pooling, 61,706 parameters); ResNet-18 with the
 CIFAR stem (one 3x3/1 convolution, no max pool) as cnn_jax.models.resnet; VGG-11 CIFAR as
-cnn_jax.models.vgg (no BatchNorm, a 512-512-classes head with dropout 0.5 on the 1x1 map).
+cnn_jax.models.vgg (no BatchNorm, a 512-512-classes head with dropout 0.5 on the 1x1 map);
+U-Net as cnn_jax.models.unet (3x3 convolutions padded by 1, 2x2 stride-2 transposed
+convolutions, the skip concatenated first, no BatchNorm; `width`, `depth`), logits
+(N, classes, H, W).
 Initialisation is PyTorch's default: it does not change the speed.
 """
 
@@ -86,12 +89,42 @@ class VGG11Cifar(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-MODELS = {"lenet5": LeNet5, "resnet18_cifar": ResNet18Cifar, "vgg11_cifar": VGG11Cifar}
+def double_conv(in_channels, out_channels):
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU())
+
+
+class UNet(nn.Module):
+    def __init__(self, num_classes=2, width=64, depth=4, in_channels=1):
+        super().__init__()
+        channels = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList(double_conv(c_in, c) for c_in, c in
+                                  zip([in_channels, *channels[:-2]], channels[:-1]))
+        self.bottom = double_conv(channels[-2], channels[-1])
+        self.up = nn.ModuleList(nn.ConvTranspose2d(2 * c, c, 2, stride=2)
+                                for c in reversed(channels[:-1]))
+        self.up_convs = nn.ModuleList(double_conv(2 * c, c) for c in reversed(channels[:-1]))
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        x = self.bottom(x)
+        for up, block, skip in zip(self.up, self.up_convs, reversed(skips)):
+            x = block(torch.cat([skip, up(x)], dim=1))
+        return self.head(x)
+
+
+MODELS = {"lenet5": LeNet5, "resnet18_cifar": ResNet18Cifar, "vgg11_cifar": VGG11Cifar,
+          "unet": UNet}
 
 
 def build(name, num_classes=10, **options):
-    """The PyTorch twin of cnn_jax's `get_model(name, num_classes=..., **options)`; the only
-    option is ResNet's `width`."""
+    """The PyTorch twin of cnn_jax's `get_model(name, num_classes=..., **options)`; the
+    options are ResNet's `width` and U-Net's `width`, `depth` and `in_channels`."""
     if name not in MODELS:
         raise ValueError(f"No PyTorch model {name!r}. Valid choices: {', '.join(sorted(MODELS))}.")
     return MODELS[name](num_classes=num_classes, **options)

@@ -6,8 +6,9 @@ Run from the repository root:
     python benchmarks/train_step.py --models lenet5 --reps 9
     python benchmarks/train_step.py --smoke --out_dir /tmp/bench   # < 1 min; what the tests run
 
-Per model (LeNet-5 on 32x32x1; ResNet-18 with the CIFAR stem and VGG-11 CIFAR on 32x32x3),
-10 classes: images/s of the whole train step (forward, backward and an SGD update, lr 0.01,
+Per model (LeNet-5 on 32x32x1; ResNet-18 with the CIFAR stem and VGG-11 CIFAR on 32x32x3;
+U-Net width 16 on 128x128x1 with per-pixel labels, batch 16, only when asked for:
+`--models unet --out_dir benchmarks/results/unet`), 10 classes: images/s of the whole train step (forward, backward and an SGD update, lr 0.01,
 momentum 0.9) in cnn_jax (the training loop's own jitted step: `DataParallel("none").train_step`,
 which compiles with `cnn_jax.ops.compiler_options()`) and in PyTorch
 (benchmarks/torch_models.py: the same layers and parameter counts, train mode, on
@@ -37,7 +38,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 from cnn_jax import ops  # noqa: E402
-from cnn_jax.models import get_model, input_shape  # noqa: E402
+from cnn_jax.models import get_model, input_shape, model_task  # noqa: E402
 from cnn_jax.train.parallel import DataParallel  # noqa: E402
 from cnn_jax.train.step import create_train_state, train_step  # noqa: E402
 
@@ -48,17 +49,24 @@ try:
 except ImportError:  # PyTorch is optional: cnn_jax alone then
     torch = None
 
-MODELS = ("lenet5", "resnet18_cifar", "vgg11_cifar")
-SMOKE_OPTIONS = {"resnet18_cifar": {"width": 16}}  # both frameworks; keeps CI fast
+DEFAULT_MODELS = ("lenet5", "resnet18_cifar", "vgg11_cifar")
+MODELS = (*DEFAULT_MODELS, "unet")
+OPTIONS = {"unet": {"width": 16}}  # both frameworks
+SMOKE_OPTIONS = {"resnet18_cifar": {"width": 16}, "unet": {"width": 4}}  # keeps CI fast
+SHAPES = {"unet": (128, 128, 1)}  # else the registry's input_shape
+SMOKE_SHAPES = {"unet": (32, 32, 1)}
+BATCH_SIZES = {"unet": 16}  # else --batch_size's default
 LEARNING_RATE, MOMENTUM, NUM_CLASSES = 0.01, 0.9, 10
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per framework")
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help=f"default 128 ({', '.join(f'{k} {v}' for k, v in BATCH_SIZES.items())})")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed steps per framework before the timed calibration")
     parser.add_argument("--seconds", type=float, default=2.0, help="rough length of one rep")
@@ -75,7 +83,7 @@ def parse_args():
         parser.error(f"unknown model(s) {unknown}. Valid choices: {', '.join(MODELS)}.")
     if args.smoke:
         args.batch_size, args.reps, args.warmup, args.matmul_size = 8, 2, 0, 512
-    if min(args.reps, args.batch_size) < 1 or args.warmup < 0:
+    if args.reps < 1 or (args.batch_size is not None and args.batch_size < 1) or args.warmup < 0:
         parser.error("--reps and --batch_size must be positive, --warmup not negative.")
     if args.out_dir is None:
         args.out_dir = os.path.join(RESULTS, "smoke") if args.smoke else RESULTS
@@ -134,14 +142,19 @@ def torch_sync(device):
 
 # ---- the two train steps: each `run(n)` does n steps and returns once they are done -------
 
-def jax_setup(name, batch_size, options):
+def label_shape(name, shape):
+    """A class per image, or per pixel for a segmentation model."""
+    return tuple(shape[:2]) if model_task(name) == "segmentation" else ()
+
+
+def jax_setup(name, batch_size, options, shape):
     model = get_model(name, num_classes=NUM_CLASSES, **options)
-    shape = input_shape(name)
     tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
     state = create_train_state(model, tx, jax.random.key(0), shape)
     image_key, label_key = jax.random.split(jax.random.key(1))
     batch = {"image": jax.random.normal(image_key, (batch_size, *shape), jax.numpy.float32),
-             "label": jax.random.randint(label_key, (batch_size,), 0, NUM_CLASSES)}
+             "label": jax.random.randint(label_key, (batch_size, *label_shape(name, shape)), 0,
+                                         NUM_CLASSES)}
     params = sum(x.size for x in jax.tree.leaves(state.params))
 
     start = time.perf_counter()
@@ -168,13 +181,13 @@ def jax_setup(name, batch_size, options):
     return run, info
 
 
-def torch_setup(name, batch_size, options, device):
+def torch_setup(name, batch_size, options, device, shape):
     torch.manual_seed(0)
     model = torch_models.build(name, num_classes=NUM_CLASSES, **options).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    h, w, c = input_shape(name)
+    h, w, c = shape
     images = torch.randn(batch_size, c, h, w, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size, *label_shape(name, shape)), device=device)
     params = sum(p.numel() for p in model.parameters())
 
     def run(n):
@@ -194,12 +207,15 @@ def seconds(run, n):
 
 
 def bench_model(name, args, torch_device):
-    options = SMOKE_OPTIONS.get(name, {}) if args.smoke else {}
+    options = SMOKE_OPTIONS.get(name, {}) if args.smoke else OPTIONS.get(name, {})
+    shape = (SMOKE_SHAPES if args.smoke else SHAPES).get(name, input_shape(name))
+    batch_size = args.batch_size or BATCH_SIZES.get(name, 128)
     runs = {}
-    runs["jax"], jax_info = jax_setup(name, args.batch_size, options)
-    result = {"options": options, "jax": jax_info, "torch": None}
+    runs["jax"], jax_info = jax_setup(name, batch_size, options, shape)
+    result = {"options": options, "input_shape": list(shape), "jax": jax_info, "torch": None}
     if torch_device:
-        runs["torch"], result["torch"] = torch_setup(name, args.batch_size, options, torch_device)
+        runs["torch"], result["torch"] = torch_setup(name, batch_size, options, torch_device,
+                                                     shape)
         if result["torch"]["params"] != result["jax"]["params"]:
             raise RuntimeError(f"{name}: PyTorch has {result['torch']['params']:,} parameters, "
                                f"cnn_jax {result['jax']['params']:,}; the models differ.")
@@ -219,10 +235,10 @@ def bench_model(name, args, torch_device):
     for _ in range(args.reps):
         for fw, run in runs.items():  # interleaved: JAX, PyTorch, JAX, ...
             times[fw].append(seconds(run, steps))
-    result.update(params=result["jax"]["params"], batch_size=args.batch_size,
+    result.update(params=result["jax"]["params"], batch_size=batch_size,
                   steps_per_rep=steps, reps=args.reps)
     for fw in runs:
-        rates = [steps * args.batch_size / t for t in times[fw]]
+        rates = [steps * batch_size / t for t in times[fw]]
         result[fw].update(rep_images_per_s=rates, images_per_s=statistics.median(rates))
     return result
 
@@ -250,11 +266,12 @@ def markdown(report):
     m, s, peaks = report["machine"], report["settings"], report["matmul_peak_flops"]
     n = s["matmul_size"]
     has_torch = m["torch_device"] is not None
+    batches = sorted({r["batch_size"] for r in report["models"].values()})
     lines = ["# Train step: cnn_jax vs PyTorch", "",
              f"{m['cpu']}, {m['cpu_cores']} cores; JAX {m['jax']} on {m['jax_device']}, "
              + (f"PyTorch {m['torch']} on {m['torch_device']}" if has_torch else "no PyTorch")
              + f"; {m['date']}; load average {m['load_average_1min']:.2f} at the start.", "",
-             f"Batch {s['batch_size']}, {s['reps']} reps, SGD lr {LEARNING_RATE} momentum "
+             f"Batch {', '.join(map(str, batches))}, {s['reps']} reps, SGD lr {LEARNING_RATE} momentum "
              f"{MOMENTUM}. Matmul peak (float32 {n}x{n}, best of {s['matmul_tries']}): JAX "
              f"{si(peaks['jax'])}FLOP/s" + (f", PyTorch {si(peaks['torch'])}FLOP/s." if has_torch
                                           else "."), ""]
@@ -275,6 +292,11 @@ def markdown(report):
                  f"{100 * t['fraction_of_matmul_peak']:.1f}" if t and "flops_per_s" in t else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *[f"- {note}" for note in report["notes"]]]
+    for name, r in report["models"].items():
+        if r["options"] or name in SHAPES:
+            lines.append(f"- {name}: options {r['options']}, input {tuple(r['input_shape'])}, "
+                         f"batch {r['batch_size']}, {NUM_CLASSES} classes"
+                         + (" per pixel." if model_task(name) == "segmentation" else "."))
     return "\n".join(lines) + "\n"
 
 

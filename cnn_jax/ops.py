@@ -1,4 +1,4 @@
-"""Where XLA compiles the plain form slowly on CPU: two operations rewritten, and the compiler
+"""Where XLA compiles the plain form slowly on CPU: three operations rewritten, and the compiler
 options the steps use. The operations compute exactly what the plain forms compute
 (tests/test_ops.py compares outputs and gradients).
 
@@ -20,6 +20,11 @@ options the steps use. The operations compute exactly what the plain forms compu
   convolution and its gradients ran 2-8x slower here (flax issue 4207;
   `benchmarks/depthwise_conv.py`). Every other convolution goes to `lax.conv_general_dilated`
   unchanged.
+- `conv_transpose`: PyTorch's ConvTranspose2d. XLA's CPU transposed convolution (a
+  convolution of the zero-dilated input) has a very slow gradient (jax issue 23783;
+  benchmarks/results/conv_transpose.md). With non-overlapping windows (kernel == strides,
+  U-Net's 2x2 up-convolutions) it is here one matmul for all output phases and a
+  depth-to-space reshape (tests/test_segmentation_models.py compares the two).
 - `compiler_options()`: XLA options for jitting a train or eval step. On CPU they turn off
   XLA's YNNPACK fusions, so that convolutions and matmuls run on XLA's own (Eigen) kernels:
   YNNPACK's weight-gradient convolutions ran 2-4x slower than Eigen's here (train steps on 2
@@ -193,9 +198,13 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     """
     (kh, kw), (sh, sw), (ph, pw) = kernel.shape[:2], strides, padding
     if fast and (kh, kw) == (sh, sw) and (ph, pw) == (0, 0):
-        n, h, w, _ = x.shape
-        y = jnp.einsum("nhwc,abco->nhawbo", x, kernel)
-        return y.reshape(n, h * kh, w * kw, kernel.shape[-1])
+        n, h, w, c = x.shape
+        out = kernel.shape[-1]
+        # (N*H*W, C) @ (C, kh*kw*out): every phase's outputs in one matmul ...
+        y = x.reshape(n * h * w, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * out)
+        # ... then depth-to-space: output (i*kh + a, j*kw + b) is phase (a, b) of pixel (i, j).
+        y = y.reshape(n, h, w, kh, kw, out).transpose(0, 1, 3, 2, 4, 5)
+        return y.reshape(n, h * kh, w * kw, out)
     return lax.conv_general_dilated(
         x, kernel[::-1, ::-1], (1, 1), ((kh - 1 - ph, kh - 1 - ph), (kw - 1 - pw, kw - 1 - pw)),
         lhs_dilation=(sh, sw), dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -1,6 +1,7 @@
 """Backbones (cnn_jax.models.backbones): feature maps at strides 4/8/16/32 by one call, ResNet's
 stride replaced by dilation, the classifier's parameters under the same names, clear errors;
-the features against torchvision's own ResNet (dilated) and VGG (skipped without it)."""
+the features against torchvision's own ResNet (dilated) and VGG (skipped without it, failed
+under CI=true)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 
 from cnn_jax.models import get_model
 from cnn_jax.models.backbones import BACKBONES, get_backbone
+from conftest import require
 
 
 def abstract(module, shape, batch=2):
@@ -66,7 +68,8 @@ def test_other_strides_and_errors():
     for bad in ("resnet18_cifar", "unet", "fcn_resnet50"):
         with pytest.raises(ValueError, match="not a backbone"):
             get_backbone(bad)
-    with pytest.raises(ValueError, match=r"out_strides \(3,\): valid strides are \[2, 4, 8, 16, 32\]"):
+    with pytest.raises(ValueError,
+                       match=r"out_strides \(3,\): valid strides are \[2, 4, 8, 16, 32\]"):
         abstract(get_backbone("resnet18", out_strides=(3,)), (64, 64, 3))
     with pytest.raises(ValueError, match=r"valid strides are \[1, 2, 4, 8, 16, 32\]"):
         abstract(get_backbone("vgg11", out_strides=(64,)), (64, 64, 3))
@@ -75,6 +78,21 @@ def test_other_strides_and_errors():
     with pytest.raises(ValueError, match=r"output_stride must be one of \[8, 16, 32\]"):
         get_backbone("resnet50", output_stride=4)
     assert set(BACKBONES) >= {"resnet50", "resnet101", "vgg16", "vgg16_bn"}
+
+
+def randomize_batch_norm_(model, torch, seed=0):
+    """Random BatchNorm affine parameters and running statistics (a fresh BatchNorm is the
+    identity, which would hide a mapping error); convolutions keep their random init."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                c = module.num_features
+                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+    return model
 
 
 def _import_backbone(name, classifier_state, shape):
@@ -87,15 +105,14 @@ def _import_backbone(name, classifier_state, shape):
 
 @pytest.mark.slow
 def test_dilated_resnet_and_vgg_features_equal_torchvision():
-    torchvision = pytest.importorskip("torchvision")
+    torchvision = require("torchvision")
     import torch
-    from helpers import torch_models
     from torchvision.models._utils import IntermediateLayerGetter
 
     x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
     # ResNet-50 at output stride 16, against torchvision's replace_stride_with_dilation.
-    reference = torch_models.randomize_(torchvision.models.resnet50(
-        weights=None, replace_stride_with_dilation=[False, False, True]), seed=3).eval()
+    reference = randomize_batch_norm_(torchvision.models.resnet50(
+        weights=None, replace_stride_with_dilation=[False, False, True]), torch, seed=3).eval()
     getter = IntermediateLayerGetter(reference, {"layer1": "4", "layer2": "8", "layer3": "16",
                                                  "layer4": "32"})
     with torch.no_grad():
@@ -111,7 +128,8 @@ def test_dilated_resnet_and_vgg_features_equal_torchvision():
 
     # VGG-11 with BatchNorm: the last map at each stride is torchvision's `features` output
     # before each max pool (and after the last one).
-    reference = torch_models.randomize_(torchvision.models.vgg11_bn(weights=None), seed=4).eval()
+    reference = randomize_batch_norm_(torchvision.models.vgg11_bn(weights=None), torch,
+                                      seed=4).eval()
     cut = {4: 14, 8: 21, 16: 28, 32: 29}  # up to max pools 3, 4, 5 (indices 14, 21, 28); all
     with torch.no_grad():
         expected = {s: reference.features[:i](torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)

@@ -12,6 +12,7 @@ from jax import lax
 
 from cnn_jax import layers, ops
 from cnn_jax.models import get_model, model_task
+from conftest import require
 
 
 def count(tree):
@@ -75,7 +76,7 @@ def test_fast_conv_transpose_equals_xla_and_its_gradients(kernel_size):
 
 
 def test_conv_transpose_block_against_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     block = layers.ConvTranspose(5, 2, 2)
     x = np.random.default_rng(0).normal(size=(2, 4, 3, 3)).astype(np.float32)
     variables = block.init(jax.random.key(0), jnp.asarray(x))
@@ -201,7 +202,7 @@ def test_segmentation_parameter_count_equals_torchvision(name):
                                           ((9, 9), (65, 67)), ((1, 1), (5, 4)),
                                           ((12, 10), (7, 5))])  # the last one down-samples
 def test_resize_bilinear_matches_torch_interpolate(in_hw, out_hw):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     x = np.random.default_rng(0).normal(size=(2, *in_hw, 3)).astype(np.float32)
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(x.transpose(0, 3, 1, 2)), size=out_hw, mode="bilinear",
@@ -212,16 +213,29 @@ def test_resize_bilinear_matches_torch_interpolate(in_hw, out_hw):
 
 # ---- torchvision's weights -----------------------------------------------------------------
 
+def randomize_batch_norm_(model, torch, seed=0):
+    """Random BatchNorm affine parameters and running statistics (a fresh BatchNorm is the
+    identity, which would hide a mapping error); convolutions keep their random init."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                c = module.num_features
+                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+    return model
+
+
 def torchvision_model(name, seed):
     """torchvision's own segmentation model with random weights and BatchNorm statistics."""
-    torchvision = pytest.importorskip("torchvision")
-    from helpers import torch_models
-
+    torchvision = require("torchvision")
     import torch
     torch.manual_seed(seed)
     model = getattr(torchvision.models.segmentation, name)(
         num_classes=21, aux_loss=False, weights=None, weights_backbone=None)
-    return torch_models.randomize_(model, seed).eval()
+    return randomize_batch_norm_(model, torch, seed).eval()
 
 
 @pytest.mark.slow
@@ -237,7 +251,10 @@ def test_imported_torchvision_segmentation_gives_its_logits(name):
         expected = reference(torch.from_numpy(x))["out"].numpy().transpose(0, 2, 3, 1)
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
 
-    model, variables, report = import_torchvision(state, name, num_classes=21)
+    aux = {"aux_classifier.0.weight": np.zeros((256, 1024, 3, 3), np.float32)}
+    model, variables, report = import_torchvision({**state, **aux}, name, num_classes=21)
+    assert "aux_classifier.0.weight" in report.ignored  # the pretrained files have one
+    report.ignored.remove("aux_classifier.0.weight")
     got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
         variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
     assert got.shape == (2, 64, 72, 21)
@@ -260,12 +277,12 @@ def test_imported_torchvision_segmentation_gives_its_logits(name):
 
 
 def test_imagenet_classifier_initializes_the_segmentation_backbone():
-    torchvision = pytest.importorskip("torchvision")
-    from helpers import torch_models
+    torchvision = require("torchvision")
+    import torch
 
     from cnn_jax.transfer import import_torchvision, to_torchvision
 
-    classifier = torch_models.randomize_(torchvision.models.resnet50(weights=None), seed=2)
+    classifier = randomize_batch_norm_(torchvision.models.resnet50(weights=None), torch, seed=2)
     state = {k: v.numpy() for k, v in classifier.state_dict().items()}
     model, variables, report = import_torchvision(state, "fcn_resnet50", num_classes=3,
                                                   reinit=("classifier",),
@@ -284,3 +301,40 @@ def test_imagenet_classifier_initializes_the_segmentation_backbone():
     # Without reinit the missing head is an error that says what to do.
     with pytest.raises(ValueError, match=r"reinit=\('classifier',\)"):
         import_torchvision(state, "fcn_resnet50", num_classes=3, input_shape=(64, 64, 3))
+
+
+def test_unet_equals_its_pytorch_twin():
+    """benchmarks/torch_models.py's U-Net (written from the paper, independently) with
+    cnn_jax's weights computes the same logits: the layout, the skip order and the
+    up-convolution agree; the parameters agree tensor by tensor."""
+    torch = require("torch")
+    from benchmarks import torch_models
+
+    model = get_model("unet", num_classes=3, width=4, depth=2)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype(np.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.asarray(x))
+    params = jax.tree.map(np.asarray, variables["params"])
+    twin = torch_models.build("unet", num_classes=3, width=4, depth=2).eval()
+    modules = {"down.0": "down1", "down.1": "down2", "bottom": "bottom", "up_convs.0": "up2",
+               "up_convs.1": "up1"}
+    state = {}
+    for prefix, name in modules.items():
+        for index, conv in (("0", "conv1"), ("2", "conv2")):
+            p = params[f"{name}_{conv}"]["conv"]
+            state[f"{prefix}.{index}.weight"] = p["kernel"].transpose(3, 2, 0, 1)
+            state[f"{prefix}.{index}.bias"] = p["bias"]
+    for j, name in enumerate(("up2", "up1")):  # ConvTranspose2d weight: (in, out, kh, kw)
+        state[f"up.{j}.weight"] = params[name]["kernel"].transpose(2, 3, 0, 1)
+        state[f"up.{j}.bias"] = params[name]["bias"]
+    state["head.weight"] = params["head"]["conv"]["kernel"].transpose(3, 2, 0, 1)
+    state["head.bias"] = params["head"]["conv"]["bias"]
+    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+                         strict=True)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(jax.jit(model.apply)(variables, jnp.asarray(x)), expected,
+                               rtol=1e-4, atol=1e-5)
+    # The benchmark's sizes: the same parameter count.
+    big = abstract_variables(get_model("unet", num_classes=10, width=16), (128, 128, 1))
+    assert count(big["params"]) == sum(
+        p.numel() for p in torch_models.build("unet", num_classes=10, width=16).parameters())

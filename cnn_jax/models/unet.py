@@ -42,6 +42,7 @@ class UNet(nn.Module):
     norm: str = "none"
     act: str = "relu"
     dropout_rate: float = 0.0
+    fast_upsample: bool = True  # False: XLA's transposed convolution (benchmarks/conv_transpose.py)
     norm_axis_name: str | None = None  # set by the pmap train step: BatchNorm over all devices
     dtype: Any = jnp.float32
 
@@ -75,7 +76,8 @@ class UNet(nn.Module):
             features = self.width * 2**level
             name = f"up{level + 1}"
             if self.upsample == "transpose":
-                x = ConvTranspose(features, 2, 2, dtype=self.dtype, name=name)(x)
+                x = ConvTranspose(features, 2, 2, fast=self.fast_upsample, dtype=self.dtype,
+                                  name=name)(x)
             else:
                 x = resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]))
                 x = ConvBlock(features, 2, padding="SAME", act="none", dtype=self.dtype,

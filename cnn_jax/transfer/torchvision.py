@@ -27,9 +27,10 @@ classifier ("head") is renamed, and ConvNeXt's layer scale gets torchvision's (C
 The same names serve the `_cifar` variants (only their stem or head shapes differ).
 Segmentation models (`fcn_resnet50`, `deeplabv3_resnet50`, ...): `backbone.` + the ResNet's
 keys, and `classifier.*` for the head (torchvision's `aux_classifier`, a training-only loss
-head, is not built: its keys in a file are ignored). An ImageNet classifier's state dict (keys without `backbone.`)
-imported into a segmentation model initializes its backbone (`classifier_to_backbone`; its
-`fc.*` is ignored); pass reinit=('classifier',) to keep the head freshly initialized.
+head, is not built: its keys in a file are ignored). An ImageNet classifier's state dict
+(keys without `backbone.`) imported into a segmentation model initializes its backbone
+(`classifier_to_backbone`; its `fc.*` is ignored); pass reinit=('classifier',) to keep the
+head freshly initialized.
 Files: `.safetensors` is read and written with `safetensors` (no PyTorch needed); `.pth`/`.pt`
 needs PyTorch and is read with `torch.load(weights_only=True)`, which refuses anything but
 tensors and plain containers: a pickle is never run.
