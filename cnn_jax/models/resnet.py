@@ -105,7 +105,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = True
     norm_axis_name: str | None = None  # set by the pmap train step: BatchNorm over all devices
     dtype: Any = jnp.float32
-    replace_stride_with_dilation: Sequence[bool] = (False, False, False)  # layer2..layer4
+    replace_stride_with_dilation: Sequence[bool] | None = None  # layer2..: None, all False
     out_strides: Sequence[int] | None = None  # a backbone: {stride: feature map}, no classifier
     groups: int = 1             # ResNeXt: 32 groups of width_per_group 4 (resnext50_32x4d)
     width_per_group: int = 64   # Wide ResNet: 128 (wide_resnet50_2)
@@ -115,7 +115,9 @@ class ResNet(nn.Module):
         check_nhwc(x, "ResNet")
         common = dict(norm=self.norm, act=self.act, norm_axis_name=self.norm_axis_name,
                       dtype=self.dtype)
-        if len(self.replace_stride_with_dilation) != len(self.stage_sizes) - 1:
+        dilate = self.replace_stride_with_dilation
+        dilate = (False,) * (len(self.stage_sizes) - 1) if dilate is None else tuple(dilate)
+        if len(dilate) != len(self.stage_sizes) - 1:
             raise ValueError(f"replace_stride_with_dilation needs {len(self.stage_sizes) - 1} "
                              f"flags (layer2..), got {self.replace_stride_with_dilation!r}.")
         features = {}  # nominal stride -> the last feature map at it
@@ -137,7 +139,7 @@ class ResNet(nn.Module):
         dilation = 1
         for i, num_blocks in enumerate(self.stage_sizes):
             stage_strides, first_dilation = (2 if i > 0 else 1), dilation
-            if i > 0 and self.replace_stride_with_dilation[i - 1]:
+            if i > 0 and dilate[i - 1]:
                 dilation, stage_strides = dilation * 2, 1  # as torchvision's _make_layer
             for j in range(num_blocks):
                 x = self.block_cls(self.width * 2**i, stage_strides if j == 0 else 1,
