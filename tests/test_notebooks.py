@@ -48,7 +48,7 @@ FIGURES = {
     "01_building_blocks.ipynb": 11,
     "03_transfer_learning.ipynb": 3,
     "04_explainability.ipynb": 6,
-    "05_segmentation.ipynb": FIGS05,
+    "05_segmentation.ipynb": 4,
 }
 
 
