@@ -409,6 +409,35 @@ def test_report_writes_plots_and_summary(reference, tmp_path):
     assert "| 9 |" in summary and "lenet5 on digits" in summary
 
 
+def test_report_plots_draw_the_logged_values(monkeypatch, tmp_path):
+    """What the report's plots show: the curves are the logged values (accuracy in %), the
+    learning rate the logged schedule, the confusion matrix its counts, cell by cell."""
+    import numpy as np
+    from experiments import report
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or path)
+    steps = [{"step": s, "loss": 1.0 / s, "accuracy": 0.1 * s, "learning_rate": 0.5 / s}
+             for s in (1, 2, 3, 4)]
+    epochs = [{"step": 2, "train_accuracy": 0.3, "val_accuracy": 0.4},
+              {"step": 4, "train_accuracy": 0.6, "val_accuracy": 0.7, "test_accuracy": 0.65}]
+    report.plot_curves(epochs, steps, "accuracy", "accuracy (%)", str(tmp_path / "a.png"))
+    lines = {line.get_label(): line.get_xydata() for line in figures[-1].axes[0].lines}
+    for label, expected in (("train accuracy (logged steps)", [[1, 10], [2, 20], [3, 30], [4, 40]]),
+                            ("train accuracy (epoch)", [[2, 30], [4, 60]]),
+                            ("validation accuracy (epoch)", [[2, 40], [4, 70]]),
+                            ("test accuracy (end of training)", [[4, 65]])):
+        np.testing.assert_allclose(lines[label], expected, rtol=1e-12)
+    assert len(lines) == 4
+    report.plot_learning_rate(steps, str(tmp_path / "lr.png"))
+    np.testing.assert_allclose(figures[-1].axes[0].lines[0].get_ydata(), [0.5, 0.25, 0.5 / 3, 0.125])
+    confusion = [[5, 1, 0], [2, 7, 1], [0, 0, 9]]
+    report.plot_confusion(confusion, ["a", "b", "c"], str(tmp_path / "c.png"))
+    ax = figures[-1].axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), confusion)
+    assert [t.get_text() for t in ax.texts] == [str(v) for row in confusion for v in row]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+
+
 def test_a_different_config_is_not_resumed(reference, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference, workdir)
