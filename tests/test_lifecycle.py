@@ -201,8 +201,8 @@ def test_rerunning_a_finished_run_changes_nothing(reference, tmp_path):
     time.sleep(0.01)
     result = train(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (f"The run in {workdir} is finished ({TOTAL_STEPS} steps); nothing to do. Its results: "
-            f"{workdir / 'final_metrics.json'}") in result.stdout
+    assert (f"The run in {workdir} is finished (step {TOTAL_STEPS} of {TOTAL_STEPS}); nothing to "
+            f"do. Its results: {workdir / 'final_metrics.json'}") in result.stdout
     assert "Resuming" not in result.stdout and "epoch" not in result.stdout
     assert files() == before  # final_metrics.json, environment.json, logs: all untouched
 
