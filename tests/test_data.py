@@ -47,7 +47,8 @@ def test_digits_native_size_matches_sklearn():
 @pytest.mark.parametrize("call,match", [
     (lambda: get_dataset("mnist_fake", "train"),
      r"Unknown dataset 'mnist_fake'. Valid choices: cifar10, cifar100, digits, fashion_mnist, "
-     r"image_folder, imagenet2012, imagenette, mnist"),
+     r"image_folder, imagenet2012, imagenette, membrane, mnist, "
+     r"oxford_iiit_pet_seg, segmentation_folder, subset"),
     (lambda: get_dataset("digits", "valid"), r"Unknown split 'valid'.*train, test"),
     (lambda: get_dataset("digits", "train", size=16), r"Unknown option.*'size'.*image_size"),
     (lambda: get_dataset("mnist", "valid"),
