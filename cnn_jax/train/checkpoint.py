@@ -190,7 +190,7 @@ def restore_variables(workdir: str, step: int | None = None, *, best: bool = Fal
 def _variables(state: Any) -> dict:
     """The model variables of a saved state, as a plain dict (empty BatchNorm statistics
     included or not, the same either way)."""
-    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    return {"params": state.get("params") or {}, "batch_stats": state.get("batch_stats") or {}}
 
 
 def _read_json(path: str) -> dict:
