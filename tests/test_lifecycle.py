@@ -126,7 +126,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     step = stopped_at(result.stderr)
-    assert step in (11, 12)  # within two steps of the one computed when the signal came
+    assert step in (10, 11, 12)  # at most two steps after the one computed when the signal came
     assert os.path.isdir(workdir / "checkpoints" / str(step))
     assert not os.path.exists(workdir / LOCK_FILE)  # released
     result = train(workdir)  # and the rest of the run continues from there
