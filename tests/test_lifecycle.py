@@ -267,7 +267,7 @@ def test_a_stop_is_prompt_when_a_step_takes_seconds_and_a_second_signal_ends_at_
     proc = _slow_run(tmp_path, "one", "2")  # SIGTERM once step 2 is computed
     _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, stderr[-3000:]
-    assert stopped_at(stderr) in (3, 4)
+    assert stopped_at(stderr) in (2, 3, 4)  # within two steps of step 2
     assert "SIGTERM: saving a checkpoint after this step, then stopping" in stderr
 
     proc = _slow_run(tmp_path, "two", "2,3:SIGINT")  # and Ctrl-C once step 3 is computed
