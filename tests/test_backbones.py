@@ -11,6 +11,7 @@ import pytest
 from cnn_jax.models import get_model
 from cnn_jax.models.backbones import BACKBONES, get_backbone
 from conftest import require
+from helpers.torch_reference import randomize_batch_norm_
 
 
 def abstract(module, shape, batch=2):
@@ -80,19 +81,6 @@ def test_other_strides_and_errors():
     assert set(BACKBONES) >= {"resnet50", "resnet101", "vgg16", "vgg16_bn"}
 
 
-def randomize_batch_norm_(model, torch, seed=0):
-    """Random BatchNorm affine parameters and running statistics (a fresh BatchNorm is the
-    identity, which would hide a mapping error); convolutions keep their random init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-    return model
 
 
 def _import_backbone(name, classifier_state, shape):

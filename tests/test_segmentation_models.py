@@ -13,6 +13,7 @@ from jax import lax
 from cnn_jax import layers, ops
 from cnn_jax.models import get_model, model_task
 from conftest import require
+from helpers.torch_reference import randomize_batch_norm_
 
 
 def count(tree):
@@ -213,19 +214,6 @@ def test_resize_bilinear_matches_torch_interpolate(in_hw, out_hw):
 
 # ---- torchvision's weights -----------------------------------------------------------------
 
-def randomize_batch_norm_(model, torch, seed=0):
-    """Random BatchNorm affine parameters and running statistics (a fresh BatchNorm is the
-    identity, which would hide a mapping error); convolutions keep their random init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-    return model
 
 
 def torchvision_model(name, seed):

@@ -17,6 +17,7 @@ import pytest
 from cnn_jax.transfer import import_torchvision, load_state_dict, save_state_dict, to_torchvision
 from cnn_jax.transfer.torchvision import from_torchvision
 from conftest import require
+from helpers.torch_reference import randomize_batch_norm_
 
 # name: input (H, W), non-square so that a height/width mix-up shows, and small: ResNet's
 # 64x48 ends in a 2x2 map; VGG's 64x96 in a 2x3 map and AlexNet's 127x159 in a 3x4 map, which
@@ -38,21 +39,6 @@ def torchvision():
     return require("torchvision")
 
 
-def randomize_batch_norm_(model, torch, seed=0):
-    """Random BatchNorm affine parameters and running statistics: a fresh BatchNorm is the
-    identity in eval mode (mean 0, var 1, scale 1, bias 0), which would hide a mapping error.
-    The convolution and linear weights are torchvision's own random initialization."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.num_batches_tracked.fill_(7)
-    return model
 
 
 def logits_jax(model, variables, x_nchw):
@@ -63,7 +49,8 @@ def logits_jax(model, variables, x_nchw):
 @pytest.mark.parametrize("name", CASES)
 def test_torchvision_weights_import_and_export_exactly(name, torch, torchvision, tmp_path):
     torch.manual_seed(0)
-    reference = randomize_batch_norm_(getattr(torchvision.models, name)(weights=None), torch)
+    reference = randomize_batch_norm_(getattr(torchvision.models, name)(weights=None), torch,
+                                      batches_tracked=7)
     reference.eval()
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
     path = tmp_path / (f"{name}.pth" if len(name) % 2 else f"{name}.safetensors")  # both kinds
@@ -107,7 +94,8 @@ def test_torchvision_weights_import_and_export_exactly(name, torch, torchvision,
 
 def test_finetuning_import_keeps_the_backbone_and_a_fresh_head(torch, torchvision, tmp_path):
     torch.manual_seed(1)
-    reference = randomize_batch_norm_(torchvision.models.resnet18(weights=None), torch, seed=1)
+    reference = randomize_batch_norm_(torchvision.models.resnet18(weights=None), torch, seed=1,
+                                      batches_tracked=7)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
     model, variables, report = import_torchvision(path, "resnet18", num_classes=10,
