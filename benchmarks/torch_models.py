@@ -6,6 +6,8 @@ parameter counts (tests/test_benchmarks.py compares the counts), for benchmarks/
 LeNet-5 as cnn_jax.models.lenet (ReLU, max pooling, 61,706 parameters); ResNet-18 with the
 CIFAR stem (one 3x3/1 convolution, no max pool) as cnn_jax.models.resnet; VGG-11 CIFAR as
 cnn_jax.models.vgg (no BatchNorm, a 512-512-classes head with dropout 0.5 on the 1x1 map);
+MobileNetV2 and ConvNeXt-Tiny (CIFAR variants) are torchvision's own modules with the stem
+and strides cnn_jax's `_cifar` variants use.
 U-Net as cnn_jax.models.unet (3x3 convolutions padded by 1, 2x2 stride-2 transposed
 convolutions, the skip concatenated first, no BatchNorm; `width`, `depth`), logits
 (N, classes, H, W).
@@ -118,8 +120,30 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+def mobilenet_v2_cifar(num_classes=10):
+    """torchvision's MobileNetV2 with cnn_jax's `mobilenet_v2_cifar` strides: 1 in the stem and
+    in the second stage (kuangliu/pytorch-cifar's CIFAR variant)."""
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(num_classes=num_classes)
+    model.features[0][0].stride = (1, 1)
+    model.features[2].conv[1][0].stride = (1, 1)  # the second stage's first depthwise 3x3
+    return model
+
+
+def convnext_tiny_cifar(num_classes=10):
+    """torchvision's ConvNeXt-Tiny with cnn_jax's `convnext_tiny_cifar` stem: a 1x1 patch
+    (stride 1) instead of 4x4."""
+    import torchvision
+
+    model = torchvision.models.convnext_tiny(num_classes=num_classes)
+    model.features[0][0] = nn.Conv2d(3, 96, kernel_size=1, stride=1)
+    return model
+
+
 MODELS = {"lenet5": LeNet5, "resnet18_cifar": ResNet18Cifar, "vgg11_cifar": VGG11Cifar,
-          "unet": UNet}
+          "unet": UNet, "mobilenet_v2_cifar": mobilenet_v2_cifar,
+          "convnext_tiny_cifar": convnext_tiny_cifar}
 
 
 def build(name, num_classes=10, **options):

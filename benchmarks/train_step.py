@@ -8,7 +8,10 @@ Run from the repository root:
 
 Per model (LeNet-5 on 32x32x1; ResNet-18 with the CIFAR stem and VGG-11 CIFAR on 32x32x3;
 U-Net width 16 on 128x128x1 with per-pixel labels, batch 16, only when asked for:
-`--models unet --out_dir benchmarks/results/unet`), 10 classes: images/s of the whole train step (forward, backward and an SGD update, lr 0.01,
+`--models unet --out_dir benchmarks/results/unet`; MobileNetV2 and ConvNeXt-Tiny, CIFAR variants,
+on 32x32x3, batch 64 and 32, also only when asked for: `--models mobilenet_v2_cifar,
+convnext_tiny_cifar --out_dir benchmarks/results/modern`, against torchvision's own modules with
+the same stems and strides), 10 classes: images/s of the whole train step (forward, backward and an SGD update, lr 0.01,
 momentum 0.9) in cnn_jax (the training loop's own jitted step: `DataParallel("none").train_step`,
 which compiles with `cnn_jax.ops.compiler_options()`) and in PyTorch
 (benchmarks/torch_models.py: the same layers and parameter counts, train mode, on
@@ -50,12 +53,12 @@ except ImportError:  # PyTorch is optional: cnn_jax alone then
     torch = None
 
 DEFAULT_MODELS = ("lenet5", "resnet18_cifar", "vgg11_cifar")
-MODELS = (*DEFAULT_MODELS, "unet")
+MODELS = (*DEFAULT_MODELS, "unet", "mobilenet_v2_cifar", "convnext_tiny_cifar")
 OPTIONS = {"unet": {"width": 16}}  # both frameworks
 SMOKE_OPTIONS = {"resnet18_cifar": {"width": 16}, "unet": {"width": 4}}  # keeps CI fast
 SHAPES = {"unet": (128, 128, 1)}  # else the registry's input_shape
 SMOKE_SHAPES = {"unet": (32, 32, 1)}
-BATCH_SIZES = {"unet": 16}  # else --batch_size's default
+BATCH_SIZES = {"unet": 16, "mobilenet_v2_cifar": 64, "convnext_tiny_cifar": 32}  # else --batch_size's default
 LEARNING_RATE, MOMENTUM, NUM_CLASSES = 0.01, 0.9, 10
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -88,6 +88,30 @@ def test_torch_models_have_cnn_jax_parameters(name):
         assert sum(p.numel() for p in twin.parameters()) == 61_706
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v2_cifar", "convnext_tiny_cifar"])
+def test_torchvision_twins_compute_what_cnn_jax_computes(name):
+    """The modern twins are torchvision's modules with the `_cifar` stem and strides: their
+    weights, imported into cnn_jax's `_cifar` model, give the same logits (equal counts alone
+    would not catch a wrong stride)."""
+    torch = require("torch", "the benchmark's PyTorch side")
+    require("torchvision", "the benchmark's PyTorch side")
+    from benchmarks import torch_models
+    from cnn_jax.transfer.torchvision import import_torchvision
+    from helpers.torch_reference import randomize_batch_norm_
+
+    twin = torch_models.build(name, num_classes=10).eval()
+    randomize_batch_norm_(twin, torch)
+    state = {k: v.numpy() for k, v in twin.state_dict().items()}
+    model, variables, report = import_torchvision(state, name, num_classes=10)
+    assert not report.reinitialized
+    x = np.random.RandomState(0).rand(2, 32, 32, 3).astype(np.float32)
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    out = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+    assert np.abs(expected).max() > 1e-3  # logits of a size that makes the comparison mean something
+    assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
 def test_train_loop_benchmark_smoke(tmp_path):
     out = tmp_path / "train_loop.json"
     result = subprocess.run([sys.executable, "benchmarks/train_loop.py", "--smoke", "--cases",
