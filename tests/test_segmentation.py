@@ -149,6 +149,56 @@ def test_resampling_moves_the_mask_by_nearest_neighbour_with_the_image(spec):
     np.testing.assert_allclose(image[inside], mask[inside], atol=1e-3)
 
 
+def test_warp_equals_scipy_map_coordinates():
+    from scipy import ndimage
+    from cnn_jax.data.transforms import warp
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 12, 10, 3)).astype(np.float32)
+    mask = rng.integers(0, 4, (2, 12, 10, 1)).astype(np.int32)
+    # Coordinates well inside and beyond the borders (reflected), off the half-pixel ties.
+    rows = (np.arange(12)[:, None] + rng.uniform(-6, 6, (2, 12, 10))).astype(np.float32)
+    cols = (np.arange(10)[None, :] + rng.uniform(-6, 6, (2, 12, 10))).astype(np.float32)
+    out, out_mask = jax.jit(lambda x, m, r, c: (warp(x, r, c, 1), warp(m, r, c, 0)))(
+        x, mask, rows, cols)
+    for i in range(2):
+        for k in range(3):
+            expected = ndimage.map_coordinates(x[i, ..., k], [rows[i], cols[i]], order=1,
+                                               mode="reflect")
+            np.testing.assert_allclose(np.asarray(out)[i, ..., k], expected, atol=1e-5)
+        expected = ndimage.map_coordinates(mask[i, ..., 0], [rows[i], cols[i]], order=0,
+                                           mode="reflect")
+        np.testing.assert_array_equal(np.asarray(out_mask)[i, ..., 0], expected)
+
+
+def test_elastic_deforms_image_and_mask_together_by_sigma_pixels():
+    batch = blocks_batch(size=64, block=16)
+    fn = jax.jit(make_preprocess("elastic(grid=3, sigma=4.0)", num_classes=4,
+                                 targets=("label",)))
+    out = fn(jax.random.key(0), batch)
+    image, mask = np.asarray(out["image"][..., 0]), np.asarray(out["label"])
+    assert mask.dtype == np.int32 and set(np.unique(mask)) <= {0, 1, 2, 3}
+    assert not np.array_equal(mask, np.asarray(batch["label"]))  # it moved
+    pad = np.pad(mask, ((0, 0), (3, 3), (3, 3)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(pad, (7, 7), axis=(1, 2))
+    inside = windows.min((-1, -2)) == windows.max((-1, -2))
+    assert inside.mean() > 0.3
+    np.testing.assert_allclose(image[inside], mask[inside], atol=1e-4)  # moved together
+
+    # The displacement, read off an image whose value is its row: at the middle of a 3x3 grid
+    # the bicubic field is the drawn vector itself, so its spread over examples is sigma.
+    n, size, sigma = 256, 33, 5.0
+    rows = np.broadcast_to(np.arange(size, dtype=np.float32)[None, :, None, None],
+                           (n, size, size, 1))
+    shifted = make_preprocess(f"elastic(sigma={sigma})", num_classes=1)(
+        jax.random.key(1), {"image": jnp.asarray(rows)})["image"]
+    dy = np.asarray(shifted)[:, size // 2, size // 2, 0] - size // 2
+    assert 0.85 * sigma < dy.std() < 1.15 * sigma
+    still = make_preprocess("elastic(sigma=0)", num_classes=1)(jax.random.key(1),
+                                                               {"image": jnp.asarray(rows)})
+    np.testing.assert_allclose(np.asarray(still["image"]), rows, atol=1e-5)
+
+
 def test_normalize_touches_the_image_alone_and_mixup_is_refused():
     batch = blocks_batch()
     out = make_preprocess("normalize(mean=0.5, std=2.0)", num_classes=4, targets=("label",))(

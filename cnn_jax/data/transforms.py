@@ -26,6 +26,7 @@ into class probabilities, mixed in the same proportion as the pixels.
 | hflip(p=0.5) | mirror left-right with probability p |
 | vflip(p=0.5) | mirror top-bottom with probability p (for images with no "up": cells, satellites) |
 | random_resized_crop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) | Inception-style: a random area fraction and aspect ratio, resized to size x size |
+| elastic(grid=3, sigma=10.0) | U-Net's elastic deformation: a grid x grid field of N(0, sigma^2)-pixel displacements, bicubic to every pixel, borders reflected |
 | normalize(mean=None, std=None) | (x - mean) / std per channel; default: the dataset's |
 | mixup(alpha=0.2) | x = l x + (1 - l) x[perm], same for labels, l ~ Beta(alpha, alpha) |
 | cutmix(alpha=1.0) | paste a random box of x[perm]; labels mixed by the box's area |
@@ -225,6 +226,37 @@ def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), *,
     return fn
 
 
+def warp(x: jax.Array, rows: jax.Array, cols: jax.Array, order: int) -> jax.Array:
+    """(N, H, W, C) sampled at per-example coordinates `rows`, `cols` (N, H, W): bilinear
+    (`order=1`) or nearest (`order=0`), reflected at the borders (scipy.ndimage's 'reflect')."""
+    sample = lambda channel, r, c: jax.scipy.ndimage.map_coordinates(  # noqa: E731
+        channel, [r, c], order=order, mode="reflect")
+    per_channel = jax.vmap(sample, in_axes=(2, None, None), out_axes=2)
+    return jax.vmap(per_channel)(x, rows, cols)
+
+
+def elastic(grid: int = 3, sigma: float = 10.0, *, targets: tuple = ()) -> Transform:
+    """U-Net's elastic deformation (Ronneberger et al. 2015, Sec. 3.1): random displacement
+    vectors on a coarse grid x grid grid, each component drawn from N(0, sigma^2) pixels,
+    interpolated bicubically to every pixel; the image is resampled bilinearly, masks by
+    nearest neighbour, both reflected at the borders (so no pixel is filled)."""
+    if not _is_int(grid) or grid < 2:
+        raise ValueError(f"elastic: grid must be an int >= 2, got {grid!r}.")
+    if not (isinstance(sigma, (int, float)) and sigma >= 0):
+        raise ValueError(f"elastic: sigma must be a number >= 0 (pixels), got {sigma!r}.")
+
+    def fn(key, batch):
+        n, h, w, _ = batch["image"].shape
+        coarse = sigma * jax.random.normal(key, (n, grid, grid, 2))
+        shift = jax.image.resize(coarse, (n, h, w, 2), "cubic")
+        rows = jnp.arange(h, dtype=jnp.float32)[:, None] + shift[..., 0]
+        cols = jnp.arange(w, dtype=jnp.float32)[None, :] + shift[..., 1]
+        return _move(batch, lambda x: warp(x, rows, cols, 1),
+                     lambda m: warp(m, rows, cols, 0), targets)
+
+    return fn
+
+
 def normalize(mean=None, std=None, *, dataset_mean=(), dataset_std=()) -> Transform:
     mean = tuple(dataset_mean) if mean is None else _floats(mean, "normalize: mean")
     if std is None:  # a channel constant over the dataset has std 0: leave its scale alone
@@ -302,10 +334,10 @@ def cutmix(alpha: float = 1.0, *, num_classes: int) -> Transform:
 
 TRANSFORMS: dict[str, Callable[..., Transform]] = {
     "pad": pad, "resize": resize, "center_crop": center_crop, "random_crop": random_crop,
-    "hflip": hflip, "vflip": vflip, "random_resized_crop": random_resized_crop, "normalize": normalize,
+    "hflip": hflip, "vflip": vflip, "random_resized_crop": random_resized_crop, "elastic": elastic, "normalize": normalize,
     "mixup": mixup, "cutmix": cutmix,
 }
-RANDOM = {"random_crop", "hflip", "vflip", "random_resized_crop", "mixup", "cutmix"}
+RANDOM = {"random_crop", "hflip", "vflip", "random_resized_crop", "elastic", "mixup", "cutmix"}
 
 
 def parse_spec(spec: str) -> list[tuple[str, tuple, dict]]:
