@@ -52,17 +52,30 @@ def single_device(request, tmp_path_factory):
     return request.param, run("none", request.param, out, "--devices", "1")
 
 
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    """(mode, model) -> the run on 8 devices in one process, made once for both tests below."""
+    cache = {}
+
+    def get(mode, model):
+        if (mode, model) not in cache:
+            out = tmp_path_factory.mktemp(mode) / f"{model}.npz"
+            cache[mode, model] = run(mode, model, out)
+        return cache[mode, model]
+    return get
+
+
 @pytest.mark.parametrize("mode", ["pmap", "mesh"])
-def test_eight_devices_match_one(single_device, mode, tmp_path):
+def test_eight_devices_match_one(single_device, eight_devices, mode):
     model, reference = single_device
-    assert_same_run(reference, run(mode, model, tmp_path / f"{mode}.npz"))
+    assert_same_run(reference, eight_devices(mode, model))
     if model == "resnet":
         assert any(k.startswith("batch_stats/") for k in reference)
 
 
 @pytest.mark.parametrize("mode", ["mesh", "pmap"])
-def test_two_processes_match_one_process(tmp_path, mode):
-    reference = run(mode, "resnet", tmp_path / "one.npz")
+def test_two_processes_match_one_process(eight_devices, tmp_path, mode):
+    reference = eight_devices(mode, "resnet")  # one process with the same 8 devices
     out = tmp_path / "two.npz"
 
     def two_processes(address):
