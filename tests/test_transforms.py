@@ -133,6 +133,8 @@ TABLE = {
     "mixup(alpha=1.0)": (N, H, W, C),
     "cutmix": (N, H, W, C),
     "cutmix(0.5)": (N, H, W, C),
+    "trivial_augment": (N, H, W, C),  # (tests/test_autoaugment.py checks them against torchvision)
+    "rand_augment(num_ops=1, magnitude=5)": (N, H, W, C),
 }
 
 
@@ -142,7 +144,8 @@ def _name(spec):
 
 def test_table_covers_every_transform():
     assert {_name(s) for s in TABLE} == set(TRANSFORMS)
-    assert RANDOM == {"random_crop", "hflip", "vflip", "random_resized_crop", "mixup", "cutmix"}
+    assert RANDOM == {"random_crop", "hflip", "vflip", "random_resized_crop", "mixup", "cutmix",
+                      "trivial_augment", "rand_augment"}
 
 
 @pytest.mark.parametrize("spec", list(TABLE))

@@ -1,7 +1,7 @@
 """RandAugment and TrivialAugmentWide as pure batch transforms, equal to torchvision's.
 
     config.train_transforms = "trivial_augment|normalize"
-    config.train_transforms = "random_crop(padding=4)|hflip|rand_augment(num_ops=2, magnitude=9)|normalize"
+    config.train_transforms = "random_crop(padding=4)|hflip|rand_augment(2, 9)|normalize"
 
 `trivial_augment(num_magnitude_bins=31)` is torchvision.transforms.v2.TrivialAugmentWide: per
 image, one op drawn uniformly from OPS and one magnitude bin drawn uniformly, its sign flipped
@@ -20,12 +20,16 @@ nearest neighbour (torchvision's default), fill the image with 0 (torchvision's 
 and move dense targets (segmentation masks) the same way, filling them with `fill` (the ignore
 value); photometric ops leave the targets alone.
 
-Static shapes: every op is computed for the whole batch and each image keeps the one it drew
-(`jnp.select`); the five geometric ops share one gather (each image samples through its own
-affine matrix; the identity for the other ops). That costs ~10 ops' compute per applied op,
-fine for CPU-sized images; a batch of 256 224x224 RGB images holds ~10 such copies at once.
-`apply_op(name, image, magnitude)` runs one op alone on one 0-255 image (the tests compare it
-with torchvision.transforms.v2.functional).
+Static shapes: each applied op computes all eight photometric ops for the whole batch and
+each image keeps the one it drew (`jnp.select`); the five geometric ops share one gather (each
+image samples through its own affine matrix, the identity's for the other ops). That is fine
+for CPU-sized images and costs memory and time on large ones (figures in the README's
+transforms section). Bit-exactness needs torch's float32 rounding, which XLA's fused
+multiply-adds and reciprocal divisions would change: see "float32 arithmetic as torch's"
+below. Images up to 4096 pixels a side.
+
+`apply_op(name, images, magnitude)` runs one op alone on a batch of 0-255 images (the tests
+compare it with torchvision.transforms.v2.functional); `draw_ops` is the per-image draw.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ _SPACES = {
 
 
 def _linspace(start: float, end: float, steps: int) -> np.ndarray:
-    """torch.linspace in float32, bit for bit: the first half counts up from start, the second
-    down from end."""
+    """torch.linspace's formula in float32: the first half counts up from start, the second
+    down from end. (torch's vectorized CPU kernel can differ from it in the last bit.)"""
     start, end = np.float32(start), np.float32(end)
     step = (end - start) / np.float32(max(steps - 1, 1))
     i = np.arange(steps)
@@ -79,7 +83,67 @@ def magnitudes(space: str, num_bins: int, h: int, w: int) -> np.ndarray:
                               / np.float32((num_bins - 1) / s["posterize"])),
         "Solarize": _linspace(1.0, 0.0, num_bins),
     }
-    return np.stack([table.get(op, np.zeros(num_bins, np.float32)) for op in OPS]).astype(np.float32)
+    zeros = np.zeros(num_bins, np.float32)
+    return np.stack([table.get(op, zeros) for op in OPS]).astype(np.float32)
+
+
+# ------------------------------------------------------------- float32 arithmetic as torch's
+# torch rounds some products on their own and fuses others into multiply-adds (its blends are
+# fma(other, 1 - ratio, x * ratio)); XLA fuses multiplies into adds where its compiler likes,
+# and turns x / broadcast(d) into x * (1 / d). Either changes the last bit, and the truncation
+# to uint8 (or a tie in nearest-neighbour sampling) turns that bit into a whole level or pixel.
+# So products are written as sums of exact products (each factor split into two halves of 12
+# significant bits) and sums as error-free TwoSums: no fusing can change those, and each result
+# is rounded once, where torch rounds it.
+
+
+def _split(a):
+    """a == hi + lo exactly, each with at most 12 significant bits."""
+    hi = jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(jnp.asarray(a, jnp.float32), jnp.int32) & ~0xFFF, jnp.float32)
+    return hi, a - hi
+
+
+def _exact_products(y, a, y_is_small_int=True):
+    """Terms summing exactly to y * a; y an integer below 2**12 in magnitude, or any float32."""
+    ah, al = _split(a)
+    if y_is_small_int:
+        return [y * ah, y * al]
+    yh, yl = _split(y)
+    return [yh * ah, yh * al, yl * ah, yl * al]
+
+
+def _two_sum(a, b):
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _rounded_sum(terms):
+    """The sum of float32 terms, as if added in twice the precision and rounded once (Ogita,
+    Rump and Oishi's Sum2): the once-rounded sum unless it lies within ~2**-40 of a rounding
+    boundary without sitting on it."""
+    s, err = terms[0], 0.0
+    for t in terms[1:]:
+        s, e = _two_sum(s, t)
+        err = err + e
+    return s + err
+
+
+def _mul(y, a):
+    """float32 y * a rounded once, y an integer below 2**12."""
+    return _rounded_sum(_exact_products(y, a))
+
+
+def _fma(y, a, p, y_is_small_int=True):
+    """y * a + p rounded once (a fused multiply-add)."""
+    return _rounded_sum([p] + _exact_products(y, a, y_is_small_int))
+
+
+def _divide(x, d):
+    """x / d correctly rounded, d broadcast against x: a d that XLA sees as a broadcast would
+    be turned into x * (1 / d)."""
+    return x / jnp.where(x == x, d, 1.0)  # (x == x: never false for these, but not foldable)
 
 
 # ----------------------------------------------------------------------- geometric ops' grids
@@ -149,63 +213,6 @@ def _sample(x: jax.Array, rows, cols, inside, fill) -> jax.Array:
     """x (H, W, ...) at (rows, cols), `fill` outside."""
     inside = inside.reshape(inside.shape + (1,) * (x.ndim - 2))
     return jnp.where(inside, x[rows, cols], jnp.asarray(fill, x.dtype))
-
-
-# ------------------------------------------------------------- float32 arithmetic as torch's
-# torch rounds some products on their own and fuses others into multiply-adds (its blends are
-# fma(other, 1 - ratio, x * ratio)); XLA fuses multiplies into adds where its compiler likes,
-# and turns x / broadcast(d) into x * (1 / d). Either changes the last bit, and the truncation
-# to uint8 (or a tie in nearest-neighbour sampling) turns that bit into a whole level or pixel.
-# So products are written as sums of exact products (each factor split into two halves of 12
-# significant bits) and sums as error-free TwoSums: no fusing can change those, and each result
-# is rounded once, where torch rounds it.
-
-
-def _split(a):
-    """a == hi + lo exactly, each with at most 12 significant bits."""
-    hi = jax.lax.bitcast_convert_type(
-        jax.lax.bitcast_convert_type(jnp.asarray(a, jnp.float32), jnp.int32) & ~0xFFF, jnp.float32)
-    return hi, a - hi
-
-
-def _exact_products(y, a, y_is_small_int=True):
-    """Terms summing exactly to y * a; y an integer below 2**12 in magnitude, or any float32."""
-    ah, al = _split(a)
-    if y_is_small_int:
-        return [y * ah, y * al]
-    yh, yl = _split(y)
-    return [yh * ah, yh * al, yl * ah, yl * al]
-
-
-def _two_sum(a, b):
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _rounded_sum(terms):
-    """The sum of float32 terms rounded once (compensated: exact but for double-rounding ties)."""
-    s, err = terms[0], 0.0
-    for t in terms[1:]:
-        s, e = _two_sum(s, t)
-        err = err + e
-    return s + err
-
-
-def _mul(y, a):
-    """float32 y * a rounded once, y an integer below 2**12."""
-    return _rounded_sum(_exact_products(y, a))
-
-
-def _fma(y, a, p, y_is_small_int=True):
-    """y * a + p rounded once (a fused multiply-add)."""
-    return _rounded_sum([p] + _exact_products(y, a, y_is_small_int))
-
-
-def _divide(x, d):
-    """x / d correctly rounded, d broadcast against x: a d that XLA sees as a broadcast would
-    be turned into x * (1 / d)."""
-    return x / jnp.where(x == x, d, 1.0)  # (x == x: never false for these, but not foldable)
 
 
 # --------------------------------------------------------------------- photometric ops (uint8)
@@ -310,9 +317,10 @@ def apply_ops(images, op, m, rt, targets=(), fill=255):
     into OPS, m (N,) signed magnitudes, rt (N, 3, 2) sampling matrices (`sampling_matrix`),
     targets a tuple of (N, H, W) masks. Returns (images, targets)."""
     n, h, w, c = images.shape
-    if c not in (1, 3):
+    if c not in (1, 3) or max(h, w) > 4096:
         raise ValueError(f"rand_augment/trivial_augment: images must have 1 or 3 channels "
-                         f"(torchvision's ops), got {c}.")
+                         f"(as torchvision's ops) and at most 4096 pixels a side, got "
+                         f"{h}x{w}x{c}.")
     rows, cols, inside = jax.vmap(lambda r: _source_pixels(r, h, w))(rt)
     move = jax.vmap(_sample, in_axes=(0, 0, 0, 0, None))
     moved = move(images, rows, cols, inside, 0.0)
@@ -368,17 +376,22 @@ def _tables(space: str, num_bins: int, h: int, w: int):
 
 
 def _augment(space, num_ops, num_bins, magnitude, targets, fill):
-    def fn(key, batch):
-        image = batch["image"]
+    @jax.jit  # (inlined in the train step's jit; spares eager callers op-by-op dispatch)
+    def run(key, image, moved):
         n, h, w, _ = image.shape
-        signed, rts = _tables(space, num_bins, h, w)
+        signed, rts = (jnp.asarray(t) for t in _tables(space, num_bins, h, w))
         op, bins, negative = draw_ops(key, n, num_ops, num_bins, magnitude)
         x = jnp.round(jnp.clip(image, 0.0, 1.0) * 255.0)
-        moved = tuple(batch[k] for k in targets)
         for i in range(num_ops):
-            x, moved = apply_ops(x, op[i], jnp.asarray(signed)[op[i], bins[i], negative[i]],
-                                 jnp.asarray(rts)[op[i], bins[i], negative[i]], moved, fill)
-        return {**batch, "image": x / 255.0, **dict(zip(targets, moved))}
+            x, moved = apply_ops(x, op[i], signed[op[i], bins[i], negative[i]],
+                                 rts[op[i], bins[i], negative[i]], moved, fill)
+        return x / 255.0, moved
+
+    def fn(key, batch):
+        if num_ops == 0:
+            return batch
+        image, moved = run(key, batch["image"], tuple(batch[k] for k in targets))
+        return {**batch, "image": image, **dict(zip(targets, moved))}
 
     return fn
 
