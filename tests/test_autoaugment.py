@@ -108,9 +108,10 @@ def test_op_equals_torchvision(op, channels):
 
 
 def test_geometric_ops_hit_exact_ties_and_rotate_fast_paths():
-    """The cases above are not vacuous: at shear 0.2 some sample points sit exactly half-way
-    (float64 arithmetic), and 90-degree rotations of square images (torchvision's rot90 fast
-    path) come out of the same sampling grid."""
+    """The cases above are not vacuous: at shear 0.2 some sample points lie half-way between
+    two pixels (to 1e-6, from the float32 matrix; exactly, in real numbers), where only the
+    float32 rounding picks one; and 90-degree rotations of square images (torchvision's rot90
+    fast path) come out of the same sampling grid."""
     h, w = SHAPE[1:]
     m = 0.2
     rt = A.sampling_matrix("ShearX", m, h, w)
@@ -125,7 +126,7 @@ def test_geometric_ops_hit_exact_ties_and_rotate_fast_paths():
         np.testing.assert_array_equal(np.asarray(A.apply_op("Rotate", sq, angle)), ref)
 
 
-def test_color_blend_every_level():
+def test_color_on_many_colours_and_every_gray():
     """Saturation's float32 chain (torch's fused multiply-adds: grayscale, then the blend) on
     2**18 - 256 random colours and every gray level, at two factors: truncation to uint8 turns
     any last-bit difference into a whole level."""
