@@ -127,12 +127,15 @@ TABLE = {
     "vflip(p=0.3)": (N, H, W, C),
     "random_resized_crop(8)": (N, 8, 8, C),
     "random_resized_crop(16, scale=(0.5, 1.0), ratio=(0.5, 2.0))": (N, 16, 16, C),
+    "elastic(grid=4, sigma=2.0)": (N, H, W, C),  # (tests/test_segmentation.py: against SciPy)
     "normalize": (N, H, W, C),
     "normalize(mean=(0.1,), std=(2.0,))": (N, H, W, C),
     "mixup": (N, H, W, C),
     "mixup(alpha=1.0)": (N, H, W, C),
     "cutmix": (N, H, W, C),
     "cutmix(0.5)": (N, H, W, C),
+    "trivial_augment": (N, H, W, C),  # (tests/test_autoaugment.py checks them against torchvision)
+    "rand_augment(num_ops=1, magnitude=5)": (N, H, W, C),
 }
 
 
@@ -142,7 +145,8 @@ def _name(spec):
 
 def test_table_covers_every_transform():
     assert {_name(s) for s in TABLE} == set(TRANSFORMS)
-    assert RANDOM == {"random_crop", "hflip", "vflip", "random_resized_crop", "mixup", "cutmix"}
+    assert RANDOM == {"random_crop", "hflip", "vflip", "random_resized_crop", "elastic", "mixup",
+                      "cutmix", "trivial_augment", "rand_augment"}
 
 
 @pytest.mark.parametrize("spec", list(TABLE))

@@ -30,6 +30,11 @@ into class probabilities, mixed in the same proportion as the pixels.
 | normalize(mean=None, std=None) | (x - mean) / std per channel; default: the dataset's |
 | mixup(alpha=0.2) | x = l x + (1 - l) x[perm], same for labels, l ~ Beta(alpha, alpha) |
 | cutmix(alpha=1.0) | paste a random box of x[perm]; labels mixed by the box's area |
+| trivial_augment(num_magnitude_bins=31) | TrivialAugmentWide: one random op, random magnitude |
+| rand_augment(num_ops=2, magnitude=9, num_magnitude_bins=31) | RandAugment: num_ops random ops |
+
+trivial_augment and rand_augment are torchvision's, op for op on the 0-255 grid (autoaugment.py):
+place them before resize and normalize.
 
 To add one: write a factory `name(**options) -> fn(key, batch) -> batch` and add it to TRANSFORMS.
 """
@@ -43,6 +48,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from cnn_jax.data.autoaugment import rand_augment, trivial_augment
 
 Batch = dict
 Transform = Callable[[jax.Array, Batch], Batch]
@@ -334,10 +341,12 @@ def cutmix(alpha: float = 1.0, *, num_classes: int) -> Transform:
 
 TRANSFORMS: dict[str, Callable[..., Transform]] = {
     "pad": pad, "resize": resize, "center_crop": center_crop, "random_crop": random_crop,
-    "hflip": hflip, "vflip": vflip, "random_resized_crop": random_resized_crop, "elastic": elastic, "normalize": normalize,
-    "mixup": mixup, "cutmix": cutmix,
+    "hflip": hflip, "vflip": vflip, "random_resized_crop": random_resized_crop, "elastic": elastic,
+    "normalize": normalize, "mixup": mixup, "cutmix": cutmix, "trivial_augment": trivial_augment,
+    "rand_augment": rand_augment,
 }
-RANDOM = {"random_crop", "hflip", "vflip", "random_resized_crop", "elastic", "mixup", "cutmix"}
+RANDOM = {"random_crop", "hflip", "vflip", "random_resized_crop", "elastic", "mixup", "cutmix",
+          "trivial_augment", "rand_augment"}
 
 
 def parse_spec(spec: str) -> list[tuple[str, tuple, dict]]:
