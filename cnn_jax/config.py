@@ -143,6 +143,11 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# What a key means in a saved config written before the key existed (a run's config.json or
+# checkpoint): what the code did then. A resume compares configs with these filled in.
+ABSENT_MEANS = {"ema.decay": 0.0, "ema.warmup": True}
+
+
 def ema_options(config) -> dict:
     """config.ema as {'decay', 'warmup'}; a config without it (written before it existed)
     keeps no EMA."""

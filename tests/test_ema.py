@@ -24,6 +24,7 @@ from cnn_jax.train.checkpoint import Checkpointer, restore_variables
 from cnn_jax.train.loop import Preempted, validate_config
 from cnn_jax.train.step import create_train_state, train_step, with_ema
 from cnn_jax.train.stopping import TEST_SIGNAL_ENV
+from cnn_jax.train.workdir import check_same_run
 from experiments import evaluate as evaluate_cli
 from experiments.cli import load_run
 
@@ -246,3 +247,13 @@ def test_good_ema_settings_validate():
     del config["ema"]  # a config written before config.ema: off
     config.checkpoint.best_metric, config.early_stopping.metric = "val_accuracy", "val_loss"
     validate_config(config)
+
+
+def test_a_run_saved_before_config_ema_existed_resumes_with_it_off():
+    saved = default_config().to_dict()
+    del saved["ema"]  # config.json / checkpoint of a run made before config.ema
+    check_same_run(saved, default_config().to_dict(), "runs/old")
+    on = default_config()
+    on.ema.decay = 0.999
+    with pytest.raises(ValueError, match=r"its config differs in:\n  ema.decay: 0.0 -> 0.999\nUse"):
+        check_same_run(saved, on.to_dict(), "runs/old")

@@ -19,7 +19,8 @@ from cnn_jax.config import ema_options
 EVAL_METRICS = ("accuracy", "loss", "top5_accuracy", "macro_f1", "macro_precision",
                 "macro_recall")
 SELECTABLE = ("train_loss", "train_accuracy", *(f"val_{m}" for m in EVAL_METRICS))
-EPOCH_METRICS = (*SELECTABLE, *(f"test_{m}" for m in EVAL_METRICS))
+EPOCH_METRICS = (*SELECTABLE, *(f"test_{m}" for m in EVAL_METRICS),  # those of metrics.jsonl
+                 *(f"{split}_ema_{m}" for split in ("val", "test") for m in EVAL_METRICS))
 
 
 def higher_is_better(metric: str) -> bool:
