@@ -132,9 +132,6 @@ def test_the_loop_evaluates_the_average_beside_the_weights_and_selects_on_it(ema
     accuracy, loss = hand_metrics(run, val)
     assert last["val_ema_accuracy"] == accuracy
     assert last["val_ema_loss"] == pytest.approx(loss, rel=1e-5)
-    raw_accuracy, raw_loss = hand_metrics(load_run(workdir), val)
-    assert last["val_accuracy"] == raw_accuracy and last["val_loss"] == pytest.approx(raw_loss,
-                                                                                     rel=1e-5)
     for a, b in zip(jax.tree.leaves(run.variables["params"]), jax.tree.leaves(state.ema["params"])):
         np.testing.assert_array_equal(a, b)  # the last checkpoint's average: the final state's
 

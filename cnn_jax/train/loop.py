@@ -411,13 +411,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                 if epoch_end:
                     epoch = step // steps_per_epoch
                     train_seconds = time.perf_counter() - epoch_start
-                    evaluate_on = functools.partial(evaluate, p_eval_step,
-                                                    batch_size=config.eval_batch_size,
-                                                    num_threads=config.input_threads, dp=dp,
-                                                    summarize=task.summarize)
-                    val = None if val_ds is None else evaluate_on(state=state, dataset=val_ds)
-                    val_ema = None if val_ds is None or state.ema is None else evaluate_on(
-                        state=ema_view(state), dataset=val_ds)
+                    val = None if val_ds is None else evaluate(
+                        p_eval_step, state, val_ds, config.eval_batch_size, config.input_threads,
+                        dp, task.summarize)
+                    val_ema = None if val_ds is None or state.ema is None else evaluate(
+                        p_eval_step, ema_view(state), val_ds, config.eval_batch_size,
+                        config.input_threads, dp, task.summarize)
                     record = _epoch_record(epoch, step, epoch_sums, val,
                                            float(schedule(step - 1)),
                                            (step - epoch_first_step) * config.batch_size
@@ -425,10 +424,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                     stopped_early = selection.early_stop_epoch(
                         history + [record], early.metric, early.patience, early.min_delta)
                     if config.eval_test_every_epoch or step == total_steps or stopped_early:
-                        test = evaluate_on(state=state, dataset=test_ds)
+                        test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size,
+                                        config.input_threads, dp, task.summarize)
                         record.update(_scalars("test", test))
                         if state.ema is not None:
-                            test_ema = evaluate_on(state=ema_view(state), dataset=test_ds)
+                            test_ema = evaluate(p_eval_step, ema_view(state), test_ds,
+                                                config.eval_batch_size, config.input_threads, dp,
+                                                task.summarize)
                             record.update(_scalars("test_ema", test_ema))
                     record["epoch_seconds"] = time.perf_counter() - epoch_start
                     history.append(record)
