@@ -52,6 +52,12 @@ def default_config() -> ml_collections.ConfigDict:
         "min_delta": 0.0,         # an improvement must exceed this
     })
 
+    # An exponential moving average of the weights (params and BatchNorm statistics), evaluated
+    # beside them every epoch as val_ema_* (README "Model selection"). decay 0: none kept;
+    # e.g. 0.999 or 0.9999 (the average spans about 1 / (1 - decay) steps). warmup: the decay
+    # at step t is min(decay, (1 + t) / (10 + t)), so short runs get a useful average too.
+    config.ema = ml_collections.ConfigDict({"decay": 0.0, "warmup": True})
+
     # Lifecycle (README "Runs: checkpoints, logs, reports, sweeps").
     config.resume = True          # continue from the workdir's latest checkpoint, if any
     config.log_every_steps = 50   # train scalars to steps.jsonl/TensorBoard every this many steps
@@ -137,6 +143,18 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# What a key means in a saved config written before the key existed (a run's config.json or
+# checkpoint): what the code did then. A resume compares configs with these filled in.
+ABSENT_MEANS = {"ema.decay": 0.0, "ema.warmup": True}
+
+
+def ema_options(config) -> dict:
+    """config.ema as {'decay', 'warmup'}; a config without it (written before it existed)
+    keeps no EMA."""
+    ema = config.get("ema") or {}
+    return {"decay": ema.get("decay", 0.0), "warmup": ema.get("warmup", True)}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError, naming the key and what is valid, for a value training cannot use:
     run before anything is built."""
@@ -179,6 +197,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     warmup = schedule.get("warmup_epochs", 0)
     if not _is_number(warmup) or warmup < 0:
         raise UserError(f"config.schedule.warmup_epochs must be a number >= 0, got {warmup!r}.")
+    ema = ema_options(config)
+    if not _is_number(ema["decay"]) or not 0 <= ema["decay"] < 1:
+        raise UserError(f"config.ema.decay must be a number in [0, 1) (0: no moving average; "
+                        f"e.g. 0.999), got {ema['decay']!r}.")
+    if not isinstance(ema["warmup"], bool):
+        raise UserError(f"config.ema.warmup must be True or False, got {ema['warmup']!r}.")
 
 
 def parse_value(text: str, like):

@@ -95,8 +95,10 @@ def load_variables_file(path: str) -> Any:
                         f"({type(e).__name__}: {e}).") from None
 
 
-def restore_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[Any, str]:
-    """The variables of the run's `checkpoint` ('latest', 'best' or a step) and where from."""
+def restore_checkpoint(workdir: str, checkpoint: str = "latest", ema: bool = False
+                       ) -> tuple[Any, str]:
+    """The variables of the run's `checkpoint` ('latest', 'best' or a step), or with `ema`
+    their moving average (`config.ema`), and where from."""
     from cnn_jax.train.checkpoint import restore_variables
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
@@ -109,7 +111,7 @@ def restore_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[Any, s
                         "number.")
     step = int(checkpoint) if str(checkpoint).isdigit() else None
     try:
-        variables, _ = restore_variables(workdir, step, best=checkpoint == "best")
+        variables, _ = restore_variables(workdir, step, best=checkpoint == "best", ema=ema)
     except Exception as e:
         if is_user_error(e):
             raise
@@ -118,7 +120,8 @@ def restore_checkpoint(workdir: str, checkpoint: str = "latest") -> tuple[Any, s
                         f"({type(e).__name__}: {str(e)[:300]}); it may be damaged. Pass "
                         f"--checkpoint with another of its steps: "
                         f"{sorted(int(d) for d in os.listdir(directory) if d.isdigit())}.") from e
-    return variables, directory if step is None else os.path.join(directory, str(step))
+    source = directory if step is None else os.path.join(directory, str(step))
+    return variables, source + (" (EMA weights)" if ema else "")
 
 
 @dataclasses.dataclass
@@ -141,17 +144,19 @@ class Run:
         return np.asarray(forward(self.variables, images), np.float32)
 
 
-def load_run(workdir: str, variables_path: str | None = None, checkpoint: str = "latest") -> Run:
+def load_run(workdir: str, variables_path: str | None = None, checkpoint: str = "latest",
+             ema: bool = False) -> Run:
     """The run in `workdir`: the model from its config.json, the variables
-    ({'params', 'batch_stats'}) from its `checkpoint` ('latest', 'best' or a step), or from
-    `variables_path` (a msgpack file of flax.serialization) when given."""
+    ({'params', 'batch_stats'}) from its `checkpoint` ('latest', 'best' or a step; with `ema`
+    their moving average), or from `variables_path` (a msgpack file of flax.serialization)
+    when given."""
     config = read_config(workdir)
     dataset = get_dataset(config.dataset.name, "test", **section_options(config.dataset.to_dict()))
     model = build_model(config, dataset.num_classes)
     if variables_path is not None:
         variables, source = load_variables_file(variables_path), variables_path
     else:
-        variables, source = restore_checkpoint(workdir, checkpoint)
+        variables, source = restore_checkpoint(workdir, checkpoint, ema)
     dummy = jax.ShapeDtypeStruct((1, *input_shape(config, dataset)), jnp.float32)
     expected = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), dummy)
     return Run(model, check_variables(variables, expected, source), config, dataset, source)

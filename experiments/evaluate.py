@@ -2,6 +2,7 @@
 
     python -m experiments.evaluate runs/lenet5_digits                      # latest, test split
     python -m experiments.evaluate runs/lenet5_digits --checkpoint best --split train
+    python -m experiments.evaluate runs/lenet5_digits --ema   # the weights' moving average
     python -m experiments.evaluate runs/my_images --images_dir new_photos/  # <class>/<files>
 
 Prints the full metrics (loss, accuracy, top-5, macro and per-class precision/recall/F1, the
@@ -88,7 +89,7 @@ def format_metrics(metrics: dict, class_names) -> str:
 def run_command(args) -> str:
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}.")
-    run = load_run(args.workdir, checkpoint=args.checkpoint)
+    run = load_run(args.workdir, checkpoint=args.checkpoint, ema=args.ema)
     if args.images_dir:
         dataset, what = folder_dataset(args.images_dir, run), args.images_dir
     else:
@@ -98,10 +99,12 @@ def run_command(args) -> str:
         if dataset.class_names != run.dataset.class_names:
             raise UserError(f"The {args.split} split's classes differ from the run's.")
     metrics = evaluate_run(run, dataset, args.batch_size)
-    record = {"workdir": args.workdir, "checkpoint": args.checkpoint, "variables": run.source,
+    record = {"workdir": args.workdir, "checkpoint": args.checkpoint, "ema": args.ema,
+              "variables": run.source,
               "data": what,
               "class_names": list(dataset.class_names), **metrics}
     name = "images" if args.images_dir else args.split
+    name = f"ema_{name}" if args.ema else name
     out = args.out or os.path.join(args.workdir, "eval", f"{args.checkpoint}_{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".tmp", "w") as f:
@@ -119,12 +122,16 @@ def parse_args(argv):
     parser.add_argument("--checkpoint", default="latest",
                         help=f"{' | '.join(CHECKPOINTS)} (by the run's checkpoint.best_metric) "
                              "| a step number")
+    parser.add_argument("--ema", action="store_true",
+                        help="evaluate the checkpoint's moving average of the weights "
+                             "(a run trained with config.ema.decay > 0)")
     parser.add_argument("--split", default="test", help="a split of the run's dataset")
     parser.add_argument("--images_dir", default=None,
                         help="evaluate on this folder (<class>/<images>) instead of a split")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--out", default=None,
-                        help="the JSON file (default WORKDIR/eval/<checkpoint>_<split>.json)")
+                        help="the JSON file (default WORKDIR/eval/<checkpoint>_<split>.json, "
+                             "<checkpoint>_ema_<split>.json with --ema)")
     return parser.parse_args(argv)
 
 

@@ -99,7 +99,7 @@ def run_command(args) -> list[str]:
     if args.top_k < 1:
         raise UserError(f"--top_k must be at least 1, got {args.top_k}.")
     paths = list_images(args.images)  # before loading anything
-    run = load_run(args.workdir, checkpoint=args.checkpoint)
+    run = load_run(args.workdir, checkpoint=args.checkpoint, ema=args.ema)
     task = task_name(run.config)  # config.task, or the dataset's
     if task not in OUTPUTS:
         raise UserError(f"experiments.predict cannot write the outputs of task {task!r} "
@@ -121,6 +121,9 @@ def parse_args(argv):
     parser.add_argument("images", help="a folder of image files (sub-folders included)")
     parser.add_argument("--checkpoint", default="latest",
                         help=f"{' | '.join(CHECKPOINTS)} | a step number")
+    parser.add_argument("--ema", action="store_true",
+                        help="use the checkpoint's moving average of the weights (a run "
+                             "trained with config.ema.decay > 0)")
     parser.add_argument("--top_k", type=int, default=5, help="classes per image")
     parser.add_argument("--pictures", action="store_true",
                         help="also draw each image with its top classes")

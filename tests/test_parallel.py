@@ -1,7 +1,7 @@
 """Data parallelism: the one train step under `none` (1 device), `pmap` and `mesh` (8 fake CPU
 devices), and over 2 processes on 127.0.0.1 with 4 devices each, ends with the same
-parameters, BatchNorm statistics and evaluation counts; gradient accumulation equals one step
-on the larger batch.
+parameters, BatchNorm statistics, moving average of both (config.ema) and evaluation counts;
+gradient accumulation equals one step on the larger batch.
 
 The multi-device runs are subprocesses (tests/helpers/parallel_run.py): the device count is
 fixed when JAX starts."""
@@ -69,8 +69,10 @@ def eight_devices(tmp_path_factory):
 def test_eight_devices_match_one(single_device, eight_devices, mode):
     model, reference = single_device
     assert_same_run(reference, eight_devices(mode, model))
+    assert any(k.startswith("ema/params/") for k in reference)
     if model == "resnet":
         assert any(k.startswith("batch_stats/") for k in reference)
+        assert any(k.startswith("ema/batch_stats/") for k in reference)
 
 
 @pytest.mark.parametrize("mode", ["mesh", "pmap"])

@@ -4,9 +4,11 @@
     ckpt.save(step, state_tree, meta, metrics={"test_accuracy": 0.98})   # metrics: None mid-epoch
     restored = ckpt.restore_latest(target_tree)    # None when there is nothing to resume
     variables, config = restore_variables(workdir)  # params (+ batch_stats) of a finished run
+    ema_variables, _ = restore_variables(workdir, ema=True)  # their EMA (config.ema.decay > 0)
 
 A checkpoint holds the train state as a tree of NumPy arrays (params, batch statistics,
-optimizer state, step, PRNG key data) and a JSON `meta` item (the config, the data position,
+optimizer state, step, PRNG key data, and the EMA of the variables when the run keeps one) and
+a JSON `meta` item (the config, the data position,
 the epoch's running train sums, the history so far, and a SHA-256 of the state's bytes and of
 the rest of the meta item: everything a resume reads).
 
@@ -148,11 +150,13 @@ class Checkpointer:
         self._manager.close()
 
 
-def restore_variables(workdir: str, step: int | None = None, *, best: bool = False
-                      ) -> tuple[dict, dict]:
+def restore_variables(workdir: str, step: int | None = None, *, best: bool = False,
+                      ema: bool = False) -> tuple[dict, dict]:
     """The model variables ({'params', and 'batch_stats' if any}) and the config (a dict) of a
     run in `workdir`: its latest checkpoint, the one at `step`, or with `best=True` the best by
-    the run's `config.checkpoint.best_metric`. Needs no model: the arrays come back as saved."""
+    the run's `config.checkpoint.best_metric`; with `ema=True` the exponential moving average
+    of the variables (`config.ema`) instead of the raw ones. Needs no model: the arrays come
+    back as saved."""
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir} holds no checkpoints ({directory} does not exist); "
@@ -181,6 +185,12 @@ def restore_variables(workdir: str, step: int | None = None, *, best: bool = Fal
     if saved is not None and tree_checksum(_variables(state)) != saved:
         raise CheckpointError(f"Checkpoint {step} in {directory} does not match its checksum: "
                               f"it is damaged. Steps there: {steps}.")
+    if ema:
+        if not state.get("ema"):
+            raise ValueError(f"Checkpoint {step} in {directory} holds no moving average of the "
+                             "weights: the run kept none (config.ema.decay=0). Use its raw "
+                             "weights (no --ema), or train with --config.ema.decay=0.999.")
+        state = state["ema"]
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
@@ -189,8 +199,12 @@ def restore_variables(workdir: str, step: int | None = None, *, best: bool = Fal
 
 def _variables(state: Any) -> dict:
     """The model variables of a saved state, as a plain dict (empty BatchNorm statistics
-    included or not, the same either way)."""
-    return {"params": state.get("params") or {}, "batch_stats": state.get("batch_stats") or {}}
+    included or not, the same either way), with their EMA's when the state has one (so the
+    checksum of a state without one is what it always was)."""
+    variables = {"params": state.get("params") or {}, "batch_stats": state.get("batch_stats") or {}}
+    if state.get("ema"):
+        variables["ema"] = _variables(state["ema"])
+    return variables
 
 
 def _read_json(path: str) -> dict:
@@ -200,10 +214,13 @@ def _read_json(path: str) -> dict:
 
 def state_tree(state) -> dict:
     """What a checkpoint holds of a `TrainState` (one copy, on the host): its arrays, with the
-    PRNG key as raw key data."""
-    return jax.device_get({"step": state.step, "params": state.params,
-                           "batch_stats": state.batch_stats, "opt_state": state.opt_state,
-                           "rng": jax.random.key_data(state.rng)})
+    PRNG key as raw key data, and its EMA's only when it keeps one (so that checkpoints of
+    runs without one are as they always were)."""
+    tree = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state, "rng": jax.random.key_data(state.rng)}
+    if state.ema is not None:
+        tree["ema"] = state.ema
+    return jax.device_get(tree)
 
 
 def with_tree(state, tree: dict):
@@ -211,7 +228,8 @@ def with_tree(state, tree: dict):
     return state.replace(step=tree["step"], params=tree["params"],
                          batch_stats=tree["batch_stats"], opt_state=tree["opt_state"],
                          rng=jax.random.wrap_key_data(tree["rng"],
-                                                      impl=jax.random.key_impl(state.rng)))
+                                                      impl=jax.random.key_impl(state.rng)),
+                         ema=tree.get("ema", state.ema))
 
 
 def save_variables(workdir: str, variables: dict, config: Any = None, step: int = 0) -> None:

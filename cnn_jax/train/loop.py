@@ -46,7 +46,7 @@ from jax.experimental import multihost_utils
 
 from cnn_jax import data as data_lib
 from cnn_jax import metrics as metrics_lib
-from cnn_jax.config import check_config
+from cnn_jax.config import check_config, ema_options
 from cnn_jax.data.splits import validation_split
 from cnn_jax.data.transforms import make_preprocess
 from cnn_jax.models import get_model, model_options
@@ -56,7 +56,8 @@ from cnn_jax.train.checkpoint import Checkpointer, restore_variables, state_tree
 from cnn_jax.train.logs import MetricWriter, Progress
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.parallel import DataParallel, check_batch_sizes
-from cnn_jax.train.step import TrainState, create_train_state, eval_step, train_step
+from cnn_jax.train.step import (TrainState, create_train_state, ema_view, eval_step, train_step,
+                                 with_ema)
 from cnn_jax.train.stopping import StopSignals, stop_requested
 from cnn_jax.train.workdir import (check_same_run, locks_workdir, repair_logs, write_json,
                                    write_run_files)
@@ -136,6 +137,7 @@ def make_steps(config: ml_collections.ConfigDict, train_preprocess: Callable,
     loss_fn = functools.partial(task.loss, **options)
     metrics_fn = functools.partial(task.train_metrics, **options)
     counts_fn = functools.partial(task.eval_counts, **options)
+    ema = ema_options(config)
 
     def train_fn(state: TrainState, batch: dict, axis_name: str | None = None):
         key = jax.random.fold_in(augment_rng, state.step)
@@ -143,7 +145,7 @@ def make_steps(config: ml_collections.ConfigDict, train_preprocess: Callable,
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         return train_step(state, train_preprocess(key, batch), axis_name=axis_name,
                           accum_steps=config.grad_accum_steps, loss_fn=loss_fn,
-                          metrics_fn=metrics_fn)
+                          metrics_fn=metrics_fn, ema_decay=ema["decay"], ema_warmup=ema["warmup"])
 
     def eval_fn(state: TrainState, batch: dict, axis_name: str | None = None):
         return eval_step(state, eval_preprocess(augment_rng, batch), axis_name=axis_name,
@@ -193,7 +195,7 @@ def _scalars(prefix: str, metrics: dict | None) -> dict:
 
 
 def _epoch_record(epoch: int, step: int, sums: dict, val: dict | None, learning_rate: float,
-                  images_per_second: float, seconds: float) -> dict:
+                  images_per_second: float, seconds: float, val_ema: dict | None = None) -> dict:
     return {
         "epoch": epoch,
         "step": step,
@@ -201,6 +203,7 @@ def _epoch_record(epoch: int, step: int, sums: dict, val: dict | None, learning_
         "train_loss": sums["loss"] / sums["count"],
         "train_accuracy": sums["accuracy"] / sums["count"],
         **_scalars("val", val),
+        **_scalars("val_ema", val_ema),
         "train_images_per_second": images_per_second,
         "epoch_seconds": seconds,
     }
@@ -213,6 +216,10 @@ def _epoch_line(record: dict, num_epochs: int, task: Task = TASKS["classificatio
         if f"{split}_loss" in record:
             metrics = {k[len(split) + 1:]: v for k, v in record.items() if k.startswith(split)}
             parts.append(f"{split} loss {record[f'{split}_loss']:.4f} {task.log_line(metrics)}")
+        if f"{split}_ema_loss" in record:
+            metrics = {k[len(split) + 5:]: v for k, v in record.items()
+                       if k.startswith(f"{split}_ema_")}
+            parts.append(f"{split} EMA {task.log_line(metrics)}")
     parts.append(f"lr {record['learning_rate']:.4g}  {record['train_images_per_second']:.0f} "
                  f"img/s  {record['epoch_seconds']:.1f}s")
     return "  |  ".join(parts)
@@ -314,6 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     tx = make_optimizer(config.optimizer, schedule)
     state = create_train_state(model, tx, jax.random.key(config.seed), input_shape)
     state = setup_transfer(config, state, schedule, log)  # config.transfer; a no-op by default
+    if ema_options(config)["decay"] > 0:
+        state = with_ema(state)  # of the weights training starts from (transfer's included)
 
     ckpt, state, start_step, epoch_sums, history = _resume(config, workdir, state, is_main, log,
                                                            total_steps)
@@ -361,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     last_step = total_steps
     if stopped_early_before:
         last_step = start_step  # resumed after early stopping stopped: nothing left to train
-    test, pending, first_pending = None, [], start_step + 1
+    test, test_ema, pending, first_pending = None, None, [], start_step + 1
     start = epoch_start = interval_start = time.perf_counter()
     epoch_first_step = start_step
     try:
@@ -405,16 +414,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                     val = None if val_ds is None else evaluate(
                         p_eval_step, state, val_ds, config.eval_batch_size, config.input_threads,
                         dp, task.summarize)
+                    val_ema = None if val_ds is None or state.ema is None else evaluate(
+                        p_eval_step, ema_view(state), val_ds, config.eval_batch_size,
+                        config.input_threads, dp, task.summarize)
                     record = _epoch_record(epoch, step, epoch_sums, val,
                                            float(schedule(step - 1)),
                                            (step - epoch_first_step) * config.batch_size
-                                           / train_seconds, 0.0)
+                                           / train_seconds, 0.0, val_ema)
                     stopped_early = selection.early_stop_epoch(
                         history + [record], early.metric, early.patience, early.min_delta)
                     if config.eval_test_every_epoch or step == total_steps or stopped_early:
                         test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size,
                                         config.input_threads, dp, task.summarize)
                         record.update(_scalars("test", test))
+                        if state.ema is not None:
+                            test_ema = evaluate(p_eval_step, ema_view(state), test_ds,
+                                                config.eval_batch_size, config.input_threads, dp,
+                                                task.summarize)
+                            record.update(_scalars("test_ema", test_ema))
                     record["epoch_seconds"] = time.perf_counter() - epoch_start
                     history.append(record)
                     if writer:
@@ -454,24 +471,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                                       summarize=task.summarize)
     if test is None:  # resumed after the last step: nothing left to train
         test = evaluate_test(state=state)
-    best = _best_checkpoint_test(config, workdir, history, state, dp, evaluate_test, test)
+    if test_ema is None and state.ema is not None:
+        test_ema = evaluate_test(state=ema_view(state))
+    best = _best_checkpoint_test(config, workdir, history, state, dp, evaluate_test, test,
+                                 test_ema)
     elapsed = time.perf_counter() - start
     last = history[-1] if history else {"epoch": 0, "step": 0}
-    log(f"done in {elapsed:.1f}s: " + selection.final_line(last, test, best))
+    log(f"done in {elapsed:.1f}s: " + selection.final_line(last, test, best, test_ema))
     if workdir and is_main:
         write_json(os.path.join(workdir, "final_metrics.json"), {
             "checkpoint": "last", "epoch": last["epoch"], "step": last["step"],
             "stopped_early": last["step"] < total_steps, "wall_seconds": elapsed,
-            "validation": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
-            "class_names": list(test_ds.class_names), **test, "best": best})
+            "validation": {k[4:]: v for k, v in last.items()
+                           if k.startswith("val_") and not k.startswith("val_ema_")},
+            "class_names": list(test_ds.class_names), **test, "best": best,
+            **({} if test_ema is None else {"ema": {
+                "validation": {k[8:]: v for k, v in last.items() if k.startswith("val_ema_")},
+                **test_ema}})})
     return dp.get_state(state), history
 
 
 def _best_checkpoint_test(config, workdir: str | None, history: list[dict], state: TrainState,
-                          dp: DataParallel, evaluate_test: Callable, last_test: dict
-                          ) -> dict | None:
+                          dp: DataParallel, evaluate_test: Callable, last_test: dict,
+                          last_test_ema: dict | None = None) -> dict | None:
     """The test metrics of the checkpoint best by `config.checkpoint.best_metric` (chosen on
-    validation), with its epoch, step and metric; None when nothing was selected."""
+    validation), with its epoch, step and metric; None when nothing was selected. Selected by
+    a `val_ema_*` metric, those of the checkpoint's EMA weights."""
     metric, mode = config.checkpoint.best_metric, config.checkpoint.best_mode
     record = selection.best_record(history, metric, mode) if metric else None
     if record is None:
@@ -487,11 +512,14 @@ def _best_checkpoint_test(config, workdir: str | None, history: list[dict], stat
         record = next(r for r in history if r["step"] == step)
     about = {"epoch": record["epoch"], "step": step, "selected_by": metric,
              metric: record[metric]}
+    ema = metric.startswith("val_ema_")
+    if ema:
+        about["weights"] = "ema"
     if step == history[-1]["step"]:
-        return {**about, **last_test}
+        return {**about, **(last_test_ema if ema else last_test)}
     if not workdir:
         return {**about, "not_evaluated": "no workdir, so no checkpoint of that epoch"}
-    variables, _ = restore_variables(workdir, step=step)
+    variables, _ = restore_variables(workdir, step=step, ema=ema)
     host = dp.get_state(state)
     best_state = host.replace(params=variables["params"],
                               batch_stats=variables.get("batch_stats", host.batch_stats))

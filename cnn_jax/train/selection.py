@@ -2,7 +2,9 @@
 the config checks that keep the test split out of both.
 
 Every epoch's record (`metrics.jsonl`) holds `train_*`, `val_*` (with a validation split) and,
-at the last epoch (or every epoch with `config.eval_test_every_epoch`), `test_*`. The best
+at the last epoch (or every epoch with `config.eval_test_every_epoch`), `test_*`; a run that
+keeps an EMA of its weights (`config.ema.decay` > 0) records `val_ema_*` and `test_ema_*`, its
+average's, beside them. The best
 checkpoint (`config.checkpoint.best_metric`) and early stopping (`config.early_stopping`) read
 `val_*` or `train_*` metrics only: choosing on the test split would make its figure optimistic.
 Both are pure functions of the history, so a resumed run decides exactly as an uninterrupted one.
@@ -12,23 +14,33 @@ from __future__ import annotations
 
 import ml_collections
 
+from cnn_jax.config import ema_options
+
 EVAL_METRICS = ("accuracy", "loss", "top5_accuracy", "macro_f1", "macro_precision",
                 "macro_recall")
 SELECTABLE = ("train_loss", "train_accuracy", *(f"val_{m}" for m in EVAL_METRICS))
-EPOCH_METRICS = (*SELECTABLE, *(f"test_{m}" for m in EVAL_METRICS))
+EPOCH_METRICS = (*SELECTABLE, *(f"test_{m}" for m in EVAL_METRICS),  # those of metrics.jsonl
+                 *(f"{split}_ema_{m}" for split in ("val", "test") for m in EVAL_METRICS))
 
 
 def higher_is_better(metric: str) -> bool:
     return not metric.endswith("loss")
 
 
-def selectable(eval_metrics=EVAL_METRICS) -> tuple[str, ...]:
-    """What may be selected on, for a task whose evaluation gives `eval_metrics`."""
-    return ("train_loss", "train_accuracy", *(f"val_{m}" for m in eval_metrics))
+def selectable(eval_metrics=EVAL_METRICS, ema: bool = False) -> tuple[str, ...]:
+    """What may be selected on, for a task whose evaluation gives `eval_metrics` (and with
+    `ema`, for a run that keeps an EMA of its weights)."""
+    return ("train_loss", "train_accuracy", *(f"val_{m}" for m in eval_metrics),
+            *(f"val_ema_{m}" for m in eval_metrics if ema))
 
 
-def _check_metric(metric: str, key: str, eval_metrics=EVAL_METRICS) -> None:
-    valid = selectable(eval_metrics)
+def _check_metric(metric: str, key: str, eval_metrics=EVAL_METRICS, ema: bool = False) -> None:
+    valid = selectable(eval_metrics, ema)
+    if metric.startswith("val_ema_") and not ema and metric in selectable(eval_metrics, True):
+        raise ValueError(f"config.{key}={metric!r} selects on the moving average of the "
+                         "weights, which this run does not keep (config.ema.decay=0): set "
+                         f"config.ema.decay, e.g. 0.999, or select on "
+                         f"{metric.replace('val_ema_', 'val_', 1)!r}.")
     if metric.startswith("test_"):
         raise ValueError(f"config.{key}={metric!r} would select on the test split (test-set "
                          f"leakage); select on validation instead, e.g. "
@@ -52,8 +64,9 @@ def check_config(config: ml_collections.ConfigDict, eval_metrics=EVAL_METRICS) -
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
             0 <= fraction < 1):
         raise ValueError(f"config.validation_fraction must be in [0, 1), got {fraction!r}.")
+    ema = ema_options(config)["decay"] > 0
     if config.checkpoint.best_metric:
-        _check_metric(config.checkpoint.best_metric, "checkpoint.best_metric", eval_metrics)
+        _check_metric(config.checkpoint.best_metric, "checkpoint.best_metric", eval_metrics, ema)
     stopping = config.early_stopping
     if not isinstance(stopping.patience, int) or stopping.patience < 0:
         raise ValueError(f"config.early_stopping.patience must be an integer >= 0 (0: off), got "
@@ -62,7 +75,7 @@ def check_config(config: ml_collections.ConfigDict, eval_metrics=EVAL_METRICS) -
         raise ValueError(f"config.early_stopping.min_delta must be >= 0, got "
                          f"{stopping.min_delta!r}.")
     if stopping.patience:
-        _check_metric(stopping.metric, "early_stopping.metric", eval_metrics)
+        _check_metric(stopping.metric, "early_stopping.metric", eval_metrics, ema)
 
 
 def best_record(history: list[dict], metric: str, mode: str = "max") -> dict | None:
@@ -115,10 +128,13 @@ def describe(val_source: str, num_val: int, config: ml_collections.ConfigDict) -
             f"{', '.join(selected) or 'nothing selected on it'}; test evaluated {test_when}.")
 
 
-def final_line(last: dict, test: dict, best: dict | None) -> str:
-    """The run's last log line: the test split on the last state and on the best checkpoint."""
+def final_line(last: dict, test: dict, best: dict | None, test_ema: dict | None = None) -> str:
+    """The run's last log line: the test split on the last state (and its EMA weights) and on
+    the best checkpoint."""
     val = f"validation {last['val_accuracy']:.2%}, " if "val_accuracy" in last else ""
     line = f"epoch {last['epoch']} (last): {val}test accuracy {test['accuracy']:.2%}"
+    if test_ema is not None and "accuracy" in test_ema:
+        line += f" (EMA weights {test_ema['accuracy']:.2%})"
     if best is not None and "accuracy" in best:
         metric = best["selected_by"]
         value = f"{best[metric]:.2%}" if metric.endswith("accuracy") else f"{best[metric]:.4g}"

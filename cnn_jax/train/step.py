@@ -9,6 +9,10 @@
 comes from `fold_in(state.rng, state.step)`, so the same state and batch give the same result.
 BatchNorm uses batch statistics and updates its running averages in training, and uses the
 running averages in evaluation.
+
+An exponential moving average (EMA) of the variables (params and BatchNorm statistics) is kept
+in `state.ema` once `with_ema(state)` starts it, and updated by `train_step(...,
+ema_decay=0.999)`; `ema_view(state)` is the state with the averaged variables, to evaluate.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from cnn_jax.tasks.classification import cross_entropy  # noqa: F401  (re-export
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus the BatchNorm
-    statistics (an empty dict for models without BatchNorm), a PRNG key, and the
-    (H, W, C) input shape the parameters were made for."""
+    statistics (an empty dict for models without BatchNorm), a PRNG key, the (H, W, C) input
+    shape the parameters were made for, and the EMA of the variables (None: none kept)."""
     batch_stats: Any = struct.field(default_factory=dict)
     rng: jax.Array | None = None
+    ema: Any = None  # {'params': ..., 'batch_stats': ...}, see with_ema
     input_shape: tuple[int, ...] = struct.field(pytree_node=False, default=())
 
 
@@ -52,9 +57,33 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def with_ema(state: TrainState) -> TrainState:
+    """`state` with its EMA started: copies of its params and BatchNorm statistics (copies, so
+    that donating the state never donates one buffer twice)."""
+    copy = lambda tree: jax.tree.map(jnp.array, tree)  # noqa: E731
+    return state.replace(ema={"params": copy(state.params), "batch_stats": copy(state.batch_stats)})
+
+
+def ema_view(state: TrainState) -> TrainState:
+    """`state` with the averaged variables in place of the raw ones (to evaluate them)."""
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+
+
+def ema_decay_at(step, decay: float, warmup: bool = True):
+    """The decay of the update made by optimizer step `step` (1 for the first). With
+    `warmup`, min(decay, (1 + step) / (10 + step)), TensorFlow's ExponentialMovingAverage
+    `num_updates` rule: 2/11 at the first step, so a short run's average is not stuck near the
+    initial weights."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1 + step) / (10 + step))
+
+
 def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
                axis_name: str | None = None, accum_steps: int = 1,
-               loss_fn: Callable | None = None, metrics_fn: Callable | None = None
+               loss_fn: Callable | None = None, metrics_fn: Callable | None = None,
+               ema_decay: float = 0.0, ema_warmup: bool = True
                ) -> tuple[TrainState, dict]:
     """One optimizer step on `batch` ({'image': (N,H,W,C), plus the task's targets}). Pure;
     jit it.
@@ -70,6 +99,9 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
     `accum_steps`: the batch is split into that many micro-batches, run one after the other
     (BatchNorm statistics update after each), and their gradients averaged into one update:
     the update of the whole batch in the memory of a micro-batch.
+    `ema_decay`, `ema_warmup`: when `state.ema` is kept (`with_ema`), after the update
+    `ema = d * ema + (1 - d) * new` for params and BatchNorm statistics, with d
+    `ema_decay_at(state.step, ...)` of the step just taken (1 at the first).
     """
     if loss_fn is None:
         loss_fn = functools.partial(classification.loss, label_smoothing=label_smoothing)
@@ -108,6 +140,11 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if state.ema is not None:
+        d = ema_decay_at(state.step, ema_decay, ema_warmup)
+        new = {"params": state.params, "batch_stats": state.batch_stats}
+        state = state.replace(ema=jax.tree.map(
+            lambda e, x: (d * e + (1 - d) * x).astype(e.dtype), state.ema, new))
     metrics = {
         "loss": loss,
         **metrics_fn(logits, batch),

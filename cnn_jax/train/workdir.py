@@ -33,6 +33,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from cnn_jax.config import ABSENT_MEANS
 from cnn_jax.train.logs import repair_jsonl
 
 # Keys that change how a run is carried out, not what it computes (dotted; "x.*": all of x).
@@ -86,7 +87,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """'key: saved -> current' for each key that differs, but those allowed to on resume."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = {**ABSENT_MEANS, **_flatten(saved)}, {**ABSENT_MEANS, **_flatten(current)}
     allowed = lambda key: any(key == k or (k.endswith(".*") and key.startswith(k[:-1]))
                               for k in MAY_DIFFER_ON_RESUME)
     return [f"{key}: {a.get(key, '(absent)')!r} -> {b.get(key, '(absent)')!r}"

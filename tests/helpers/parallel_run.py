@@ -4,10 +4,12 @@
         [--process_id I --num_processes N --coordinator 127.0.0.1:PORT]
 
 Every run sees the same global batches (made from a fixed seed), so runs in different modes,
-device counts and process counts must end with the same parameters.
+device counts and process counts must end with the same parameters (and the same moving
+average of them: the state keeps one, `with_ema`).
 """
 
 import argparse
+import functools
 import os
 import sys
 
@@ -36,7 +38,7 @@ if args.num_processes > 1:
 
 from cnn_jax.models import get_model  # noqa: E402
 from cnn_jax.train.parallel import DataParallel  # noqa: E402
-from cnn_jax.train.step import create_train_state, eval_step, train_step  # noqa: E402
+from cnn_jax.train.step import create_train_state, eval_step, train_step, with_ema  # noqa: E402
 
 dp = DataParallel(args.mode)
 if args.model == "lenet5":
@@ -44,13 +46,13 @@ if args.model == "lenet5":
 else:  # a small ResNet with BatchNorm
     model = get_model("resnet18_cifar", num_classes=10, width=4, norm_axis_name=dp.axis_name)
     shape = (12, 12, 3)
-state = create_train_state(model, optax.sgd(0.1, momentum=0.9), jax.random.key(0), shape)
+state = with_ema(create_train_state(model, optax.sgd(0.1, momentum=0.9), jax.random.key(0), shape))
 rng = np.random.default_rng(0)
 n, per = args.global_batch, args.global_batch // jax.process_count()
 rows = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
 state = dp.put_state(state)
-step = dp.train_step(train_step)
+step = dp.train_step(functools.partial(train_step, ema_decay=0.9))
 losses = []
 for _ in range(args.steps):
     batch = {"image": rng.normal(size=(n, *shape)).astype(np.float32),
@@ -65,7 +67,7 @@ state = dp.get_state(state)
 flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(
             x.addressable_data(0) if hasattr(x, "addressable_data") else x)
         for path, x in jax.tree_util.tree_leaves_with_path(
-            {"params": state.params, "batch_stats": state.batch_stats})}
+            {"params": state.params, "batch_stats": state.batch_stats, "ema": state.ema})}
 if jax.process_index() == 0:
     np.savez(args.out, losses=np.array(losses), **{f"count/{k}": np.asarray(v) for k, v in counts.items()},
              **flat)
