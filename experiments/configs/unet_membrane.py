@@ -5,19 +5,27 @@ Command (from the repository root; the data at ../shared/data/membrane, see SOUR
         --workdir runs/unet_membrane
 
 Split: slices 0-23 train, 24-29 held out as 'test' (the challenge's own test labels are not
-public). Training sees random 128x128 crops of the 512x512 slices, flipped both ways, each
-slice 8 times an epoch; evaluation runs on the six whole 512x512 held-out slices.
+public). Training sees U-Net's elastic deformation of the 512x512 slices (a 3x3 grid of
+N(0, 10^2)-pixel displacements), then random 128x128 crops, flipped both ways, each slice 8
+times an epoch; evaluation runs on the six whole 512x512 held-out slices.
 U-Net at width 16 (16-256 channels, 1/16 of the classic layout), BatchNorm, Adam.
 
-Result: after 6 epochs (144 steps), on the 6 held-out slices, pixel accuracy 0.9195 (pixel error
-0.0805), mean IoU 0.7779 (membrane 0.650, cell 0.905), mean Dice 0.8692, frequency-weighted IoU
-0.8553. Below the 0.94 aimed at: the held-out accuracy was still rising (0.8059, 0.8871, 0.9075,
-0.9180, 0.9193, 0.9195 per epoch). Twice as long (--config.num_epochs=12) plateaus: 0.9213,
-mean IoU 0.7859, Dice 0.8750; reaching 0.94 needs another recipe (wider U-Net, larger crops),
-not more steps. Time: 23.5 min wall on 2 CPU cores shared with other
-jobs (load average about 20), 2 min 50 s of CPU time (user); 1,942,306 parameters.
-Reference: U-Net's pixel error on the challenge's test set is 0.0611 (accuracy 0.939;
-Ronneberger et al. 2015, Table 1); zhixuhao/unet's "about 0.97" is its training accuracy.
+Result: after 12 epochs (288 steps), on the 6 held-out slices, pixel accuracy 0.9206 (pixel error
+0.0794), mean IoU 0.7821, mean Dice 0.8723, frequency-weighted IoU 0.8575; 425 s wall on the 2
+CPU cores shared with other jobs (load average 4-6); 1,942,306 parameters. Below the 0.94 the
+issue aimed at, and not for lack of training or width (all measured on the same split):
+- without elastic, 6 epochs: 0.9195; 12 epochs: 0.9213;
+- 60 epochs planned (stopped at 26, lr still 60% of its peak): 0.9217; train-split accuracy
+  of the 12-epoch run on whole slices, in eval mode, 0.9138: the model does not overfit;
+- width 32 (7.8M parameters), 11 epochs of 20: 0.9188;
+- averaging over the 8 flips and rotations at test time: 0.9206 -> 0.9226.
+75% of the errors lie within 1 pixel of a label boundary, 88% within 3: the predicted
+membranes are where the labels are, their edges jitter by a pixel (the labelled bands are about
+8 pixels wide). The challenge's organizers found its scoring "not sufficiently robust to
+variations in the widths of neurite borders" (Arganda-Carreras et al. 2015), and its "pixel
+error" (U-Net's 0.0611; Ronneberger et al. 2015, Table 1) is 1 - the maximal F-score of pixel
+similarity over thresholds of a boundary map, not 1 - this argmax pixel accuracy, so the two
+figures are not directly comparable. zhixuhao/unet's "about 0.97" is its training accuracy.
 """
 
 from cnn_jax.config import default_config
@@ -33,10 +41,10 @@ def get_config():
     config.model.width = 16
     config.model.norm = "batch"
     config.model.upsample = "transpose"
-    config.num_epochs = 6
+    config.num_epochs = 12
     config.batch_size = 8
     config.eval_batch_size = 6
-    config.train_transforms = "random_crop(128)|hflip|vflip|normalize"
+    config.train_transforms = "elastic(grid=3, sigma=10.0)|random_crop(128)|hflip|vflip|normalize"
     config.eval_transforms = "normalize"
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 2e-3
