@@ -339,6 +339,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     state = dp.put_state(state)
     train_fn, eval_fn = make_steps(config, train_preprocess, eval_preprocess, task)
     p_train_step, p_eval_step = dp.train_step(train_fn), dp.eval_step(eval_fn)
+    evaluate_on = functools.partial(evaluate, p_eval_step, batch_size=config.eval_batch_size,
+                                    num_threads=config.input_threads, dp=dp,
+                                    summarize=task.summarize)  # evaluate_on(state, dataset)
     batches = data_lib.train_iterator(train_ds, sizes["per_process"], seed=config.seed,
                                       num_epochs=config.num_epochs, start_step=start_step,
                                       process_index=jax.process_index(),
@@ -411,12 +414,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                 if epoch_end:
                     epoch = step // steps_per_epoch
                     train_seconds = time.perf_counter() - epoch_start
-                    val = None if val_ds is None else evaluate(
-                        p_eval_step, state, val_ds, config.eval_batch_size, config.input_threads,
-                        dp, task.summarize)
-                    val_ema = None if val_ds is None or state.ema is None else evaluate(
-                        p_eval_step, ema_view(state), val_ds, config.eval_batch_size,
-                        config.input_threads, dp, task.summarize)
+                    val = None if val_ds is None else evaluate_on(state, val_ds)
+                    val_ema = (None if val_ds is None or state.ema is None
+                               else evaluate_on(ema_view(state), val_ds))
                     record = _epoch_record(epoch, step, epoch_sums, val,
                                            float(schedule(step - 1)),
                                            (step - epoch_first_step) * config.batch_size
@@ -424,13 +424,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                     stopped_early = selection.early_stop_epoch(
                         history + [record], early.metric, early.patience, early.min_delta)
                     if config.eval_test_every_epoch or step == total_steps or stopped_early:
-                        test = evaluate(p_eval_step, state, test_ds, config.eval_batch_size,
-                                        config.input_threads, dp, task.summarize)
+                        test = evaluate_on(state, test_ds)
                         record.update(_scalars("test", test))
                         if state.ema is not None:
-                            test_ema = evaluate(p_eval_step, ema_view(state), test_ds,
-                                                config.eval_batch_size, config.input_threads, dp,
-                                                task.summarize)
+                            test_ema = evaluate_on(ema_view(state), test_ds)
                             record.update(_scalars("test_ema", test_ema))
                     record["epoch_seconds"] = time.perf_counter() - epoch_start
                     history.append(record)
@@ -465,10 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
             ckpt.close()
         if writer:
             writer.close()
-    evaluate_test = functools.partial(evaluate, p_eval_step, dataset=test_ds,
-                                      batch_size=config.eval_batch_size,
-                                      num_threads=config.input_threads, dp=dp,
-                                      summarize=task.summarize)
+    evaluate_test = functools.partial(evaluate_on, dataset=test_ds)
     if test is None:  # resumed after the last step: nothing left to train
         test = evaluate_test(state=state)
     if test_ema is None and state.ema is not None:
