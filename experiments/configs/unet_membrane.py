@@ -27,8 +27,9 @@ label boundary (88% within 3), and averaging the 8 flips and rotations at test t
 accuracy from 0.9206 to 0.9226 only: the predicted membranes are where the labels are, their
 edges jitter by a pixel (the labelled bands are about 8 pixels wide). The challenge's
 organizers found its scoring "not sufficiently robust to variations in the widths of neurite
-borders" (Arganda-Carreras et al. 2015), and its "pixel error" (U-Net's 0.0611; Ronneberger et al. 2015, Table 1) is 1 - the maximal F-score of pixel
-similarity over thresholds of a boundary map, not 1 - this argmax pixel accuracy, so the two
+borders" (Arganda-Carreras et al. 2015), and its "pixel error" (U-Net's 0.0611; Ronneberger et
+al. 2015, Table 1) is 1 - the maximal F-score of pixel similarity over thresholds of a boundary
+map, not 1 - this argmax pixel accuracy, so the two
 figures are not directly comparable. zhixuhao/unet's "about 0.97" is its training accuracy.
 """
 
